@@ -1,0 +1,131 @@
+"""Datasets by name: ``load_dataset("digits")``, ``load_dataset("mnist:DIR")`` ...
+
+Every dataset comes back as a :class:`Dataset` of float32 ``(N, C, *spatial)``
+inputs and int64 labels, with a seeded validation split carved from train and
+inputs standardised per channel with the train split's mean and std.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from compresslab.data import loaders
+from compresslab.data.core import SPLITS, Dataset, augment, batches
+from compresslab.errors import UserError
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "Loader",
+    "SPLITS",
+    "augment",
+    "batches",
+    "list_datasets",
+    "load_dataset",
+]
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A registered dataset: ``load(path, seed) -> loaders.Raw``.
+
+    ``arg`` names what follows ``name:`` (``"DIR"``, ``"FILE"``), or is ``None``
+    for datasets that take no path.
+    """
+
+    load: Callable[[str | None, int], loaders.Raw]
+    arg: str | None = None
+
+    def __call__(self, path: str | None, seed: int) -> loaders.Raw:
+        return self.load(path, seed)
+
+
+DATASETS: dict[str, Loader] = {
+    "mnist1d": Loader(loaders.load_mnist1d),
+    "digits": Loader(loaders.load_digits),
+    "mnist": Loader(loaders.load_mnist, "DIR"),
+    "cifar10": Loader(loaders.load_cifar10, "DIR"),
+    "cifar100": Loader(loaders.load_cifar100, "DIR"),
+    "npz": Loader(loaders.load_npz, "FILE"),
+}
+
+
+def list_datasets() -> list[str]:
+    """The accepted dataset names, e.g. ``["mnist1d", ..., "mnist:DIR", ...]``."""
+    return [f"{n}:{l.arg}" if l.arg else n for n, l in DATASETS.items()]
+
+
+def _resolve(name: str) -> tuple[Loader, str | None]:
+    """Split ``name`` into its registered loader and path, or raise a UserError."""
+    prefix, sep, path = name.partition(":")
+    known = ", ".join(list_datasets())
+    loader = DATASETS.get(prefix)
+    if loader is None:
+        raise UserError(f"unknown dataset {name!r}; known: {known}")
+    if loader.arg is None and sep:
+        raise UserError(f"dataset {prefix!r} takes no path; use {prefix!r} (known: {known})")
+    if loader.arg is not None and not path:
+        raise UserError(f"dataset {prefix!r} needs a path: use {prefix}:{loader.arg}")
+    return loader, (path if loader.arg else None)
+
+
+def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Scale every tensor per channel by the train split's mean and std."""
+    dims = [0] + list(range(2, train.dim()))
+    mean = train.mean(dim=dims, keepdim=True)
+    std = train.std(dim=dims, keepdim=True, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # constant channel: centre only
+    return [(t - mean) / std for t in (train, *others)]
+
+
+def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Load a dataset by name, carve a seeded validation split and standardise.
+
+    ``name`` is one of :func:`list_datasets` (``mnist1d``, ``digits``,
+    ``mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``, ``npz:FILE``). The
+    validation split is ``val_fraction`` of train (at least one example when
+    positive) chosen by ``torch.Generator().manual_seed(seed)``. The same name
+    and seed always give identical tensors.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    loader, path = _resolve(name)
+    raw = loader(path, seed)
+    n = len(raw.y_train)
+    if n == 0 or len(raw.y_test) == 0:
+        raise UserError(
+            f"dataset {name!r} is empty ({n} train, {len(raw.y_test)} test examples); "
+            "check the files"
+        )
+    labels = np.concatenate([raw.y_train, raw.y_test])
+    if labels.min() < 0:
+        raise UserError(f"dataset {name!r} has negative labels (min {labels.min()}); use 0..K-1")
+    num_classes = max(int(labels.max()) + 1, raw.num_classes or 0)
+
+    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    if n_val >= n:
+        raise UserError(
+            f"dataset {name!r}: val_fraction {val_fraction} of {n} train examples leaves "
+            "none to train on; lower val_fraction"
+        )
+    keep, val = loaders.carve(n, n_val, seed)
+    x = torch.from_numpy(np.ascontiguousarray(raw.x_train, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(raw.y_train, dtype=np.int64))
+    x_test = torch.from_numpy(np.ascontiguousarray(raw.x_test, dtype=np.float32))
+    y_test = torch.from_numpy(np.ascontiguousarray(raw.y_test, dtype=np.int64))
+    keep_t, val_t = torch.from_numpy(keep), torch.from_numpy(val)
+    x_train, x_val, x_test = _standardise(x[keep_t], x[val_t], x_test)
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=y[keep_t],
+        x_val=x_val,
+        y_val=y[val_t],
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        notes=list(raw.notes),
+    )

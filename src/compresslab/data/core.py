@@ -1,0 +1,108 @@
+"""In-memory datasets and tensor-indexed batching (no DataLoader on small data)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    """A classification dataset held as tensors.
+
+    ``x_*`` are float32 of shape ``(N, C, *spatial)``; ``y_*`` are int64 labels.
+    ``notes`` records anything a report must mention (e.g. a carved test split).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, ``(C, *spatial)``."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in SPLITS:
+            from compresslab.errors import UserError
+
+            raise UserError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def sizes(self) -> dict[str, int]:
+        return {s: int(self.split(s)[1].shape[0]) for s in SPLITS}
+
+
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(idx, x[idx], y[idx])`` by indexing a (seeded) permutation.
+
+    ``idx`` are positions in ``x``, so per-example state (cached teacher
+    logits, noise targets) can be looked up with the same indices.
+    """
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, x[idx], y[idx]
+
+
+def augment(
+    x: torch.Tensor,
+    *,
+    crop_padding: int = 0,
+    flip: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random crop with zero padding (1D or 2D) and horizontal flip (2D), as tensor ops.
+
+    Each example gets its own offset; the whole batch is gathered at once.
+    """
+    if crop_padding > 0:
+        p = crop_padding
+        spatial = x.shape[2:]
+        pad = [p] * (2 * len(spatial))
+        padded = torch.nn.functional.pad(x, pad)
+        n = x.shape[0]
+        # one offset per example and spatial dim in [0, 2p]
+        offs = torch.randint(0, 2 * p + 1, (n, len(spatial)), generator=generator)
+        if len(spatial) == 1:
+            (L,) = spatial
+            cols = offs[:, :1] + torch.arange(L)  # (n, L)
+            x = padded.gather(2, cols[:, None, :].expand(-1, x.shape[1], -1))
+        elif len(spatial) == 2:
+            H, W = spatial
+            rows = offs[:, 0:1] + torch.arange(H)  # (n, H)
+            cols = offs[:, 1:2] + torch.arange(W)  # (n, W)
+            b = torch.arange(n)[:, None, None]
+            x = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        else:
+            raise ValueError(f"crop supports 1D or 2D inputs, got shape {tuple(x.shape)}")
+    if flip:
+        if x.dim() != 4:
+            raise ValueError("flip applies to 2D images (N, C, H, W) only")
+        mask = torch.rand(x.shape[0], generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x.contiguous()

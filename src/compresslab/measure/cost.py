@@ -1,0 +1,279 @@
+"""What a model costs: parameters, MACs, BOPs, storage bytes and latency.
+
+Every function here is pure (no I/O, no printing). ``input_shape`` is always
+the shape of ONE example, without the batch dimension, e.g. ``(1, 40)``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+
+from compresslab.errors import UserError
+
+#: Module types whose cost is counted (subclasses included).
+COUNTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, DynamicQuantLinear)
+
+_MAX_REPEATS = 10_000
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (buffers are not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Number of parameter elements that are not exactly zero."""
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+
+
+def model_bytes(model: nn.Module, bits: int = 32) -> int:
+    """Bytes to store every parameter at ``bits`` bits: ceil(params * bits / 8)."""
+    if bits <= 0:
+        raise UserError(f"bits must be a positive integer, got {bits}")
+    return math.ceil(count_params(model) * bits / 8)
+
+
+def model_bytes_fp32(model: nn.Module) -> int:
+    """Bytes to store every parameter as float32 (``model_bytes(model, 32)``)."""
+    return model_bytes(model, 32)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d <= 0 for d in shape):
+        raise UserError(
+            f"input_shape must be a non-empty tuple of positive sizes (one example, "
+            f"no batch dimension), got {tuple(input_shape)}"
+        )
+    return shape
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device of the first parameter/buffer and dtype of the first float parameter."""
+    device, dtype = torch.device("cpu"), torch.float32
+    for t in list(model.parameters()) + list(model.buffers()):
+        device = t.device
+        break
+    for p in model.parameters():
+        if p.is_floating_point():
+            dtype = p.dtype
+            break
+    return device, dtype
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as a float tensor (dequantized for quantized layers)."""
+    w = module.weight
+    if callable(w):  # dynamic-quantised Linear exposes weight() as a method
+        w = w()
+    w = w.detach()
+    return w.dequantize() if w.is_quantized else w
+
+
+def _fan_in(module: nn.Module) -> int:
+    """Inputs feeding one output element: in_features, or (C_in/groups)*prod(kernel)."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return module.in_channels // module.groups * math.prod(module.kernel_size)
+    return int(module.in_features)
+
+
+class _TrainingFlags:
+    """Context manager: put the model in eval mode, restore every module's flag after."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags:
+            m.training = flag
+        return False
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        model(x)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"forward pass on input of shape {tuple(x.shape)} failed ({first}); "
+            f"check input_shape (one example, without the batch dimension)"
+        ) from e
+
+
+# --------------------------------------------------------------------------- MACs / BOPs
+
+
+def layer_costs(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    weight_bits: int = 32,
+    act_bits: int = 32,
+    layer_bits: dict[str, tuple[int, int]] | None = None,
+) -> list[dict]:
+    """Per-layer cost of one example, from one forward pass (batch 1, zeros).
+
+    Counted layers are :data:`COUNTED_LAYERS` (Conv1d, Conv2d, Linear and their
+    subclasses, dynamic-quantised Linear). Returns one dict per layer that ran,
+    in module order, with keys:
+
+    - ``name``: module path; ``type``: class name
+    - ``macs``: multiply-accumulates per example (= outputs * fan_in)
+    - ``fan_in`` n: in_features (Linear) or (C_in/groups)*prod(kernel) (Conv)
+    - ``outputs`` m: output elements per example (conv: channels * positions;
+      Linear: out_features * leading positions other than the batch)
+    - ``sparsity`` s: fraction of exact zeros in the weight
+    - ``weight_bits`` b_w, ``act_bits`` b_a: ``layer_bits[name]`` given as
+      ``(weight_bits, act_bits)``, else the defaults
+    - ``bops``: m*n*((1-s)*b_a*b_w + b_a + b_w + log2 n), per example
+
+    A layer called several times in the forward pass has its macs, outputs and
+    bops summed over the calls. Names in ``layer_bits`` that match no counted
+    layer raise :class:`UserError`.
+    """
+    shape = _check_shape(input_shape)
+    layer_bits = dict(layer_bits or {})
+    names = {m: n for n, m in model.named_modules()}
+    calls: dict[str, dict] = {}
+
+    def hook(module, _inputs, output):
+        name = names[module]
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        m = out.numel() // out.shape[0]
+        n = _fan_in(module)
+        rec = calls.setdefault(name, {"name": name, "type": type(module).__name__,
+                                      "macs": 0, "fan_in": n, "outputs": 0})
+        rec["macs"] += m * n
+        rec["outputs"] += m
+        rec["sparsity"] = float((_weight(module) == 0).double().mean())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, COUNTED_LAYERS)]
+    try:
+        device, dtype = _device_dtype(model)
+        with _TrainingFlags(model), torch.no_grad():
+            _forward(model, torch.zeros((1, *shape), device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+
+    unknown = sorted(set(layer_bits) - set(calls))
+    if unknown:
+        raise UserError(f"layer_bits names {unknown} match no measured layer; "
+                        f"measured layers are {sorted(calls)}")
+
+    order = {n: i for i, n in enumerate(names.values())}
+    rows = []
+    for name in sorted(calls, key=order.__getitem__):
+        rec = calls[name]
+        b_w, b_a = layer_bits.get(name, (weight_bits, act_bits))
+        m, n, s = rec["outputs"], rec["fan_in"], rec["sparsity"]
+        rec.update(weight_bits=int(b_w), act_bits=int(b_a),
+                   bops=float(m * n * ((1 - s) * b_a * b_w + b_a + b_w + math.log2(n))))
+        rows.append(rec)
+    return rows
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Total multiply-accumulates for one example (sum of :func:`layer_costs`)."""
+    return sum(r["macs"] for r in layer_costs(model, input_shape))
+
+
+def count_bops(model: nn.Module, input_shape: Sequence[int], **bits) -> float:
+    """Total BOPs for one example; ``bits`` are weight_bits, act_bits, layer_bits."""
+    return float(sum(r["bops"] for r in layer_costs(model, input_shape, **bits)))
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_sizes: Sequence[int] = (1, 256),
+    warmup: int = 3,
+    repeats: int | None = None,
+    min_time: float = 0.2,
+) -> dict[str, float]:
+    """Median wall-clock milliseconds per forward pass, keyed ``"batch<size>"``.
+
+    Runs in eval mode under ``torch.inference_mode`` on random input, after
+    ``warmup`` untimed calls. Without ``repeats``, the count is chosen so each
+    batch size is timed for about ``min_time`` seconds (at least 5 calls, at
+    most 10 000). Training flags are restored afterwards.
+    """
+    shape = _check_shape(input_shape)
+    if repeats is not None and repeats < 1:
+        raise UserError(f"repeats must be at least 1, got {repeats}")
+    if any(int(b) < 1 for b in batch_sizes):
+        raise UserError(f"batch sizes must be positive, got {tuple(batch_sizes)}")
+    device, dtype = _device_dtype(model)
+    result: dict[str, float] = {}
+    with _TrainingFlags(model), torch.inference_mode():
+        for bs in batch_sizes:
+            x = torch.randn((int(bs), *shape), device=device, dtype=dtype)
+            _forward(model, x)
+            for _ in range(max(warmup - 1, 0)):
+                model(x)
+            n = repeats
+            if n is None:
+                t0 = time.perf_counter()
+                model(x)
+                per_call = max(time.perf_counter() - t0, 1e-9)
+                n = min(max(5, math.ceil(min_time / per_call)), _MAX_REPEATS)
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+            result[f"batch{int(bs)}"] = 1000.0 * statistics.median(times)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def cost_report(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    weight_bits: int = 32,
+    act_bits: int = 32,
+    layer_bits: dict[str, tuple[int, int]] | None = None,
+    with_latency: bool = False,
+) -> dict:
+    """All cost numbers in one dict with stable keys.
+
+    ``params``, ``nonzero_params``, ``macs``, ``bops``, ``bytes`` (every
+    parameter at ``weight_bits``), ``bytes_fp32``, and with ``with_latency``
+    also ``latency_ms`` (the dict from :func:`latency`).
+    """
+    rows = layer_costs(model, input_shape, weight_bits=weight_bits,
+                       act_bits=act_bits, layer_bits=layer_bits)
+    report = {
+        "params": count_params(model),
+        "nonzero_params": count_nonzero(model),
+        "macs": sum(r["macs"] for r in rows),
+        "bops": float(sum(r["bops"] for r in rows)),
+        "bytes": model_bytes(model, weight_bits),
+        "bytes_fp32": model_bytes_fp32(model),
+    }
+    if with_latency:
+        report["latency_ms"] = latency(model, input_shape)
+    return report
