@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/compresslab study --runs runs
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

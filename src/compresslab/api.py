@@ -1,0 +1,135 @@
+"""The public Python API: one function per CLI command."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compresslab.errors import UserError
+
+
+def _recipe(recipe_file: Path | None, overrides: dict):
+    import yaml
+
+    from compresslab.train import Recipe
+
+    fields: dict = {}
+    if recipe_file is not None:
+        path = Path(recipe_file)
+        if not path.is_file():
+            raise UserError(f"recipe file {path} not found")
+        try:
+            fields = yaml.safe_load(path.read_text()) or {}
+        except yaml.MarkedYAMLError as e:
+            line = f" at line {e.problem_mark.line + 1}" if e.problem_mark else ""
+            raise UserError(f"{path}: malformed YAML{line}: {e.problem}") from None
+        if not isinstance(fields, dict):
+            raise UserError(f"{path}: a recipe must be a mapping of fields, e.g. 'epochs: 10'")
+    return Recipe.from_dict({**fields, **overrides})
+
+
+def train_model(model: str, data: str, *, options: dict | None = None, recipe_file: Path | None = None,
+                overrides: dict | None = None, seed: int = 0, val_fraction: float = 0.1,
+                runs: str | Path = "runs", progress=None) -> dict:
+    """Train ``model`` on ``data`` as a run-store step; returns the checkpoint path and metrics.
+
+    The checkpoint directory is named by a hash of the full spec, so the same call twice
+    trains once.
+    """
+    from compresslab.runs.store import RunStore, Step, read_json
+    from compresslab.study.steps import RUNNERS, build, dataset
+
+    recipe = _recipe(recipe_file, overrides or {})
+    ds = dataset(data, val_fraction, seed)
+    build({"name": model, "options": options or {}}, ds, seed)  # validate name and options before any work
+    step = Step("train", {"data": {"name": data, "val_fraction": val_fraction, "seed": seed},
+                          "model": {"name": model, "options": options or {}},
+                          "recipe": recipe.model_dump(), "seed": seed}, label=model)
+    store = RunStore(runs)
+    with (progress.task(f"train {model}") if progress else nullcontext(None)) as callback:
+        out, ran = store.run(step, lambda d: RUNNERS["train"](step, d, {}, callback))
+    metrics = read_json(out / "metrics.json")
+    return {"checkpoint": str(out), "reused": not ran, "accuracy": metrics["accuracy"],
+            "train_seconds": metrics.get("train_seconds")}
+
+
+def model_info(*, checkpoint: Path | None = None, model: str | None = None, num_classes: int = 10,
+               in_channels: int = 1, input_shape: tuple[int, ...] | None = None, options: dict | None = None,
+               bits: int | None = None, with_latency: bool = False) -> dict:
+    """Cost of a checkpoint or of a freshly built model (keys of ``cost_report``)."""
+    from compresslab.compress.quantize import quantized_layer_bits
+    from compresslab.measure import cost_report, latency
+    from compresslab.models import create_model
+    from compresslab.runs.checkpoint import load_checkpoint
+
+    layer_bits = None
+    if checkpoint is not None:
+        net, cfg = load_checkpoint(checkpoint, apply_transforms=False)
+        name = cfg["model"]["name"]
+        input_shape = input_shape or tuple(cfg["model"].get("input_shape") or ())
+        if bits is None:
+            layer_bits = quantized_layer_bits(net, cfg["transforms"]) or None
+    else:
+        name = model
+        net = create_model(model, num_classes=num_classes, in_channels=in_channels, input_shape=input_shape,
+                           **(options or {}))
+        cfg = None
+    if not input_shape:
+        raise UserError("the input shape is unknown; pass --input-shape, e.g. 3x32x32 or 1x40")
+    if input_shape[0] != (in_channels if checkpoint is None else cfg["model"]["in_channels"]):
+        raise UserError(f"--input-shape {'x'.join(map(str, input_shape))} has {input_shape[0]} channels "
+                        f"but the model takes {in_channels if cfg is None else cfg['model']['in_channels']}")
+    b = bits or 32
+    result = {"model": name, "input_shape": list(input_shape),
+              **cost_report(net, input_shape, weight_bits=b, act_bits=b, layer_bits=layer_bits)}
+    if with_latency:
+        runtime = load_checkpoint(checkpoint)[0] if checkpoint is not None else net
+        result["latency_ms"] = latency(runtime, input_shape)
+        result["num_threads"] = torch.get_num_threads()
+    return result
+
+
+def _logits(checkpoint: Path, data, split: str):
+    from compresslab.runs.checkpoint import load_checkpoint
+    from compresslab.train import evaluate_logits
+
+    model, cfg = load_checkpoint(checkpoint)
+    m = cfg["model"]
+    if m["num_classes"] != data.num_classes or m["in_channels"] != data.in_channels:
+        raise UserError(f"{checkpoint} was built for {m['in_channels']} input channels and {m['num_classes']} "
+                        f"classes; dataset {data.name} has {data.in_channels} and {data.num_classes}")
+    x, _ = data.split(split)
+    try:
+        return evaluate_logits(model, x)
+    except RuntimeError as e:
+        raise UserError(f"{checkpoint} cannot run on {data.name} inputs of shape {tuple(x.shape[1:])}: "
+                        f"{str(e).splitlines()[0]}") from None
+
+
+def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fraction: float = 0.1) -> dict:
+    """Accuracy and mean cross-entropy of a checkpoint on every non-empty split."""
+    from compresslab.study.steps import dataset
+
+    ds = dataset(data, val_fraction, seed)
+    splits = {}
+    for split in ("train", "val", "test"):
+        y = ds.split(split)[1]
+        if len(y) == 0:
+            continue
+        logits = _logits(checkpoint, ds, split)
+        splits[split] = {"accuracy": float((logits.argmax(1) == y).float().mean()),
+                         "loss": float(torch.nn.functional.cross_entropy(logits, y)), "n": len(y)}
+    return {"checkpoint": str(checkpoint), "data": data, "splits": splits}
+
+
+def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", seed: int = 0,
+                        val_fraction: float = 0.1) -> dict:
+    """Every output metric of ``b`` against ``a`` on one split (keys of ``compare_logits``)."""
+    from compresslab.measure import compare_logits
+    from compresslab.study.steps import dataset
+
+    ds = dataset(data, val_fraction, seed)
+    y = ds.split(split)[1]
+    return compare_logits(_logits(a, ds, split), _logits(b, ds, split), labels=y)

@@ -1,0 +1,259 @@
+"""The ``compresslab`` command line: a thin layer over the Python API.
+
+Every command has ``--json`` (stable keys on stdout). User errors print one line on
+stderr and exit with code 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from compresslab.errors import UserError
+
+app = typer.Typer(
+    name="compresslab",
+    help="Compress trained networks and measure which function the child kept.\n\n"
+         "Start with `compresslab study` (the default study on MNIST-1D).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+RUNS_HELP = "Run store directory: one sub-directory per finished step, reused on re-runs."
+
+
+def _emit(obj: dict, as_json: bool, human) -> None:
+    if as_json:
+        typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+    else:
+        human(obj)
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+def _num(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def parse_options(items: list[str]) -> dict:
+    """``k=v`` pairs; values are parsed as YAML scalars/lists (``64``, ``[32, 64]``, ``true``)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r}: expected KEY=VALUE, e.g. --option width=64")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key] = value
+    return out
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(x) for x in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise UserError(f"--input-shape {text!r}: expected sizes like 3x32x32 or 1x40") from None
+    if not shape or min(shape) < 1:
+        raise UserError(f"--input-shape {text!r}: sizes must be positive, e.g. 3x32x32")
+    return shape
+
+
+@app.command()
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, or package.module:factory."),
+    data: str = typer.Option(..., "--data", "-d", help="mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR or npz:FILE."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Model option KEY=VALUE, repeatable (e.g. width=64)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML file of recipe fields (optimizer, lr, schedule, epochs, ...)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default) or fast (channels_last + bf16 autocast)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, batch order and the validation split."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Train a model; print its checkpoint directory.
+
+    \b
+    Example:
+      compresslab train --model cnn1d --data mnist1d --epochs 10 --option width=64
+    """
+    from compresslab.api import train_model
+    from compresslab.progress import RichProgress
+
+    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size,
+                                   "precision": precision}.items() if v is not None}
+    with RichProgress(quiet=quiet) as progress:
+        result = train_model(model, data, options=parse_options(option), recipe_file=recipe,
+                             overrides=overrides, seed=seed, runs=runs, progress=progress)
+    _emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
+
+
+@app.command()
+def info(
+    checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint directory (with model.json)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Describe a fresh model instead of a checkpoint."),
+    num_classes: int = typer.Option(10, "--num-classes", help="With --model: number of classes."),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="With --model: input channels (default: from --input-shape)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Example shape CxHxW or CxL (e.g. 3x32x32); needed with --model."),
+    option: List[str] = typer.Option([], "--option", "-o", help="With --model: option KEY=VALUE, repeatable."),
+    bits: Optional[int] = typer.Option(None, "--bits", min=1, max=32, help="Weight and activation bits for bytes and BOPs (default: the checkpoint's, else 32)."),
+    with_latency: bool = typer.Option(False, "--latency", help="Also measure CPU latency at batch 1 and 256."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Cost of a model: params, nonzero params, MACs, BOPs, bytes [, latency].
+
+    \b
+    Examples:
+      compresslab info runs/train-1a2b3c... --latency --json
+      compresslab info --model wrn-40-2 --input-shape 3x32x32
+    """
+    from compresslab.api import model_info
+    from compresslab.models import list_models
+
+    if (checkpoint is None) == (model is None):
+        raise UserError("give a checkpoint directory or --model NAME (known models: "
+                        f"{', '.join(list_models())})")
+    shape = parse_shape(input_shape) if input_shape else None
+    result = model_info(checkpoint=checkpoint, model=model, num_classes=num_classes,
+                        in_channels=in_channels or (shape[0] if shape else 1), input_shape=shape,
+                        options=parse_options(option), bits=bits, with_latency=with_latency)
+    rows = [(k, _num(result[k])) for k in ("params", "nonzero_params", "macs", "bops", "bytes")]
+    rows += [(f"latency_ms {k}", f"{v:.3f}") for k, v in result.get("latency_ms", {}).items()]
+    _emit(result, as_json, lambda r: _table(r["model"], rows))
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (with model.json)."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset name (as for train)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the validation split (use the training seed)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Accuracy and loss of a checkpoint on each split.
+
+    \b
+    Example:
+      compresslab evaluate runs/train-1a2b3c... --data mnist1d
+    """
+    from compresslab.api import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data, seed=seed)
+    rows = [(f"{s} accuracy", f"{100 * v['accuracy']:.2f}%") for s, v in result["splits"].items()]
+    _emit(result, as_json, lambda r: _table(str(checkpoint), rows))
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="Reference checkpoint (e.g. the parent)."),
+    b: Path = typer.Argument(..., help="Compared checkpoint (e.g. the child)."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset name."),
+    split: str = typer.Option("test", "--split", help="val or test."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the validation split."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Functional similarity of two checkpoints on the same inputs.
+
+    JSON keys: agreement, disagreement, kappa, js_divergence (nats), activation_distance,
+    output_cosine, kl_ab, kl_ba (nats), accuracy_a, accuracy_b.
+
+    \b
+    Example:
+      compresslab compare runs/train-aaa... runs/prune-bbb... --data mnist1d
+    """
+    from compresslab.api import compare_checkpoints
+
+    result = compare_checkpoints(a, b, data, split=split, seed=seed)
+    _emit(result, as_json, lambda r: _table(f"{a.name} vs {b.name} ({split})",
+                                            [(k, f"{v:.4f}") for k, v in r.items()]))
+
+
+@app.command()
+def study(
+    spec: Optional[Path] = typer.Argument(None, help="Study spec (YAML). Without it: the default study on mnist1d."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Run a built-in spec by name (e.g. default)."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
+):
+    """Run a study (train the parent, make children, controls), write report.html and results.json.
+
+    Re-running resumes: every finished step is reused from the run store.
+
+    \b
+    Examples:
+      compresslab study                 # the default study on mnist1d
+      compresslab study my-study.yaml --runs /scratch/runs
+    """
+    from compresslab.progress import RichProgress
+    from compresslab.study import load_spec, run_study
+
+    s = load_spec(spec, preset=preset)
+    with RichProgress(quiet=quiet) as progress:
+        results, out = run_study(s, runs, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"study {results['study']} ({results['split']} split)")
+    for col in ("model", "role", "acc %", "params", "nonzero", "BOPs", "disagree %", "JS", "ms @256"):
+        t.add_column(col, justify="left" if col in ("model", "role") else "right")
+    for m in results["models"]:
+        lat = m["cost"].get("latency_ms", {}).get("batch256")
+        t.add_row(m["name"], m["role"], f"{100 * m['accuracy']:.2f}", f"{m['cost']['params']:,}",
+                  f"{m['cost']['nonzero_params']:,}", f"{m['cost']['bops']:.3g}",
+                  f"{100 * m['function']['disagreement']:.2f}", f"{m['function']['js_divergence']:.4f}",
+                  "–" if lat is None else f"{lat:.2f}")
+    Console().print(t)
+    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors and exit code 2 for anything the user can fix."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except Exit as e:
+        return e.exit_code
+    except Abort:
+        typer.echo("error: aborted", err=True)
+        return 130
+    except TyperException as e:
+        msg = " ".join(e.format_message().split())
+        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+        typer.echo(f"error: {msg}{hint}", err=True)
+        return 2
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

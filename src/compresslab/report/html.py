@@ -1,0 +1,145 @@
+"""A self-contained HTML report of a study's ``results.json``."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+ROLE_COLORS = {"parent": "#1f77b4", "child": "#d62728", "control": "#7f7f7f"}
+FUNCTION_COLUMNS = [("agreement", "agree"), ("kappa", "kappa"), ("js_divergence", "JS"),
+                    ("activation_distance", "act. dist"), ("output_cosine", "cos"),
+                    ("kl_ab", "KL(p‖c)"), ("kl_ba", "KL(c‖p)")]
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_cost_accuracy(results: dict) -> str:
+    """Accuracy against BOPs per example (log x), one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import FuncFormatter
+
+    markers = {"parent": "*", "child": "o", "control": "^"}
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for i, m in enumerate(results["models"]):  # one legend entry per model: labels never overprint
+        ax.scatter(m["cost"]["bops"], 100 * m["accuracy"], marker=markers[m["role"]], color=cmap(i % 10),
+                   s=150 if m["role"] == "parent" else 45, zorder=4 if m["role"] == "parent" else 3,
+                   label=f"{m['name']} ({m['role']})", edgecolor="black", linewidth=0.4)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("BOPs per example (log scale; M = 10^6)")
+    ax.set_ylabel(f"{results['split']} accuracy (%)")
+    ax.set_title("Cost against accuracy")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_disagreement(results: dict) -> str:
+    """Disagreement with the parent per model, with the independent-retrain range as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in results["models"] if m["role"] != "parent"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = [m["name"] for m in models]
+    vals = [100 * m["function"]["disagreement"] for m in models]
+    ax.barh(names, vals, color=[ROLE_COLORS[m["role"]] for m in models])
+    base = results.get("independent_baseline", {}).get("disagreement")
+    if base:
+        ax.axvspan(100 * base["min"], 100 * base["max"], color="#7f7f7f", alpha=0.25, zorder=0,
+                   label="independent retrains (range)")
+        ax.axvline(100 * base["mean"], color="#555", linestyle="--", linewidth=1, zorder=0)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.invert_yaxis()
+    ax.set_xlabel("top-1 disagreement with the parent (%)")
+    ax.set_title("Which children still compute the parent's function?")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def _fmt(v, kind: str = "") -> str:
+    if v is None:
+        return "–"
+    if kind == "pct":
+        return f"{100 * v:.2f}"
+    if kind == "int":
+        return f"{int(v):,}"
+    if kind == "sci":
+        return f"{v:.3g}"
+    return f"{v:.4f}"
+
+
+def render(results: dict) -> str:
+    e = html.escape
+    rows = []
+    for m in results["models"]:
+        c, f = m["cost"], m["function"]
+        lat = c.get("latency_ms") or {}
+        cells = [e(m["name"]), e(m["role"]), e(m["method"]), _fmt(m["accuracy"], "pct"),
+                 _fmt(c["params"], "int"), _fmt(c["nonzero_params"], "int"), _fmt(c["macs"], "int"),
+                 _fmt(c["bops"], "sci"), _fmt(c["bytes"], "int"),
+                 _fmt(lat.get("batch1")), _fmt(lat.get("batch256")),
+                 *[_fmt(f[k]) for k, _ in FUNCTION_COLUMNS]]
+        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    head = ["model", "role", "method", "acc (%)", "params", "nonzero", "MACs", "BOPs", "bytes",
+            "ms @1", "ms @256", *[h for _, h in FUNCTION_COLUMNS]]
+    base = results.get("independent_baseline") or {}
+    base_rows = "".join(
+        f"<tr><td>{e(k)}</td><td>{_fmt(v['mean'])}</td><td>{_fmt(v['min'])}</td><td>{_fmt(v['max'])}</td>"
+        f"<td>{v['n']}</td></tr>" for k, v in base.items())
+    d = results["data"]
+    notes = "".join(f"<li>{e(n)}</li>" for n in d["notes"]) or "<li>none</li>"
+    steps = results.get("steps", {})
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>compresslab: {e(results['study'])}</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
+td:first-child, th:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
+th {{ background: #f3f3f3; }} .plots img {{ max-width: 49%; }}
+</style></head><body>
+<h1>Study <code>{e(results['study'])}</code></h1>
+<p>Data <code>{e(d['name'])}</code>: {', '.join(f'{k} {v}' for k, v in d['sizes'].items())} examples,
+{d['num_classes']} classes, input {tuple(d['input_shape'])}. Metrics on the <b>{e(results['split'])}</b> split.
+Latency measured with {results['num_threads']} threads, every model in one process at report time.</p>
+<p>Notes on the data:</p><ul>{notes}</ul>
+<h2>Models</h2>
+<p>Function metrics compare each model's outputs with the parent's (agreement = same top-1 class;
+JS and KL in nats; act. dist = mean L2 between softmax vectors; cos = mean cosine of softmax vectors).
+BOPs follow m·n·((1−s)·b<sub>a</sub>·b<sub>w</sub> + b<sub>a</sub> + b<sub>w</sub> + log<sub>2</sub> n) per layer.</p>
+<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
+<h2>Independent-retrain baseline</h2>
+<p>The parent's architecture retrained from other seeds: how similar two independently trained
+models are. A child is only "functionally close" if it beats this.</p>
+<table><tr><th>metric</th><th>mean</th><th>min</th><th>max</th><th>n</th></tr>{base_rows}</table>
+<div class="plots"><img alt="cost against accuracy" src="{plot_cost_accuracy(results)}">
+<img alt="disagreement with the parent" src="{plot_disagreement(results)}"></div>
+<p>Steps run: {len(steps.get('ran', []))}, reused from the run store: {len(steps.get('reused', []))}.
+Wall time {results.get('seconds', 0):.1f} s.</p>
+</body></html>
+"""
+
+
+def write_report(results: dict, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render(results))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,148 @@
+"""Expand a study spec into steps, run them through the store, collect results."""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compresslab.measure import compare_logits, latency
+from compresslab.runs.checkpoint import load_checkpoint
+from compresslab.runs.store import RunStore, Step, canonical_json, read_json
+from compresslab.study.spec import DistillChild, PruneChild, QuantizeChild, StudySpec
+from compresslab.study.steps import RUNNERS, data_of
+
+
+@dataclass
+class Entry:
+    """One model of the study: its name, role and the step that builds it."""
+
+    name: str
+    role: str  # "parent" | "child" | "control"
+    method: str  # "train" | "distill" | "prune" | "quantize" | "independent" | "scratch"
+    step: Step
+
+
+def expand(spec: StudySpec) -> list[Entry]:
+    """The study's models in dependency order (parents before children)."""
+    data = {"name": spec.data, "val_fraction": spec.val_fraction, "seed": spec.seed}
+    recipe = spec.recipe.model_dump()
+
+    def train(model: dict, seed: int, label: str) -> Step:
+        return Step("train", {"data": data, "model": model, "recipe": recipe, "seed": seed}, label=label)
+
+    parent_model = spec.parent.model_dump()
+    parent = train(parent_model, spec.seed, "parent")
+    entries = [Entry("parent", "parent", "train", parent)]
+    scratch: dict[str, Step] = {}
+    for c in spec.children:
+        if isinstance(c, DistillChild):
+            student = c.student.model_dump()
+            step = Step("distill", {
+                "data": data, "student": student, "seed": spec.seed, "temperature": c.temperature,
+                "recipe": (c.recipe or spec.recipe).model_dump(), "loss": {"kd": c.alpha, "ce": 1 - c.alpha},
+            }, parents={"teacher": parent}, label=c.name)
+            if spec.controls.student_from_scratch:
+                key = canonical_json(student)
+                scratch.setdefault(key, Step("train", {"data": data, "model": student, "seed": spec.seed,
+                                                       "recipe": (c.recipe or spec.recipe).model_dump()},
+                                             label=f"{c.name}-scratch"))
+        elif isinstance(c, PruneChild):
+            ft = {**recipe, "epochs": c.finetune_epochs, "lr": c.finetune_lr or spec.recipe.lr / 10,
+                  "warmup_epochs": 0}
+            step = Step("prune", {"data": data, "amount": c.amount, "scope": c.scope, "recipe": ft,
+                                  "seed": spec.seed}, parents={"parent": parent}, label=c.name)
+        elif isinstance(c, QuantizeChild):
+            step = Step("quantize", {"data": data, "scheme": c.scheme}, parents={"parent": parent}, label=c.name)
+        else:  # pragma: no cover - the spec's discriminated union is exhaustive
+            raise AssertionError(c)
+        entries.append(Entry(c.name, "child", c.method, step))
+    for s in spec.controls.seeds:
+        entries.append(Entry(f"parent-seed{s}", "control", "independent", train(parent_model, s, f"parent-seed{s}")))
+    for step in scratch.values():
+        entries.append(Entry(step.label, "control", "scratch", step))
+    return entries
+
+
+def run_steps(entries: list[Entry], store: RunStore, progress=None) -> dict[str, bool]:
+    """Run every entry's step (parents first); returns ``{name: ran}`` (False = reused)."""
+    ran = {}
+    for e in entries:
+        parents = {role: store.path(p) for role, p in e.step.parents.items()}
+        task = progress.task(f"{e.name} ({e.step.kind})") if progress else nullcontext(None)
+        with task as callback:
+            _, ran[e.name] = store.run(e.step, lambda out: RUNNERS[e.step.kind](e.step, out, parents, callback))
+    return ran
+
+
+def collect(spec: StudySpec, entries: list[Entry], store: RunStore, *, with_latency: bool) -> dict:
+    """Accuracy, cost, latency and every function metric against the parent, per model."""
+    split = spec.split
+    data = data_of(entries[0].step.spec)
+    y = data.split(split)[1]
+    parent_logits = np.load(store.path(entries[0].step) / f"logits_{split}.npy")
+    models = []
+    for e in entries:
+        d = store.path(e.step)
+        metrics = read_json(d / "metrics.json")
+        logits = np.load(d / f"logits_{split}.npy")
+        cost = dict(metrics["cost"])
+        if with_latency:
+            model, _ = load_checkpoint(d)
+            cost["latency_ms"] = latency(model, data.input_shape)
+        row = {
+            "name": e.name, "role": e.role, "method": e.method, "step": d.name,
+            "accuracy": metrics["accuracy"][split], "accuracy_val": metrics["accuracy"].get("val"),
+            "cost": cost, "function": compare_logits(parent_logits, logits),
+            "train_seconds": metrics.get("train_seconds"),
+        }
+        if "sparsity" in metrics:
+            row["sparsity"] = metrics["sparsity"]["global"]
+        models.append(row)
+    baseline = {}
+    independents = [m for m in models if m["method"] == "independent"]
+    if independents:
+        for key in independents[0]["function"]:
+            vals = [m["function"][key] for m in independents]
+            baseline[key] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)),
+                             "max": float(np.max(vals)), "n": len(vals)}
+    return {
+        "study": spec.name,
+        "split": split,
+        "data": {"name": data.name, "sizes": data.sizes(), "num_classes": data.num_classes,
+                 "input_shape": list(data.input_shape), "notes": data.notes},
+        "num_threads": torch.get_num_threads(),
+        "models": models,
+        "independent_baseline": baseline,
+    }
+
+
+def study_dir(spec: StudySpec, runs: Path) -> Path:
+    import hashlib
+
+    h = hashlib.sha256(canonical_json(spec.model_dump()).encode()).hexdigest()[:12]
+    return Path(runs) / "studies" / f"{spec.name}-{h}"
+
+
+def run_study(spec: StudySpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
+    """Run (or resume) a study; write ``results.json`` and ``report.html``. Returns (results, out dir)."""
+    from compresslab.report import write_report
+    from compresslab.runs.store import write_json
+
+    t0 = time.perf_counter()
+    store = RunStore(runs)
+    entries = expand(spec)
+    ran = run_steps(entries, store, progress)
+    results = collect(spec, entries, store, with_latency=spec.latency)
+    results["spec"] = spec.model_dump(mode="json")
+    results["steps"] = {"ran": sorted(k for k, v in ran.items() if v),
+                        "reused": sorted(k for k, v in ran.items() if not v)}
+    results["seconds"] = time.perf_counter() - t0
+    out = study_dir(spec, store.root)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    write_report(results, out / "report.html")
+    return results, out

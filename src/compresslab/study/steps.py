@@ -1,0 +1,114 @@
+"""Step functions: each builds one model into a fresh directory of the run store.
+
+Every model step ends the same way (:func:`finish_model`): checkpoint, cached logits
+per split, and ``metrics.json`` (accuracy per split, cost, training history).
+A step is a pure function of its spec and its parents' outputs.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compresslab.data import Dataset, load_dataset
+from compresslab.measure import cost_report
+from compresslab.models import create_model
+from compresslab.runs.checkpoint import load_checkpoint, save_checkpoint
+from compresslab.runs.store import Step, write_json
+from compresslab.train import Recipe, evaluate_logits, fit
+
+EVAL_SPLITS = ("val", "test")
+
+
+@functools.lru_cache(maxsize=4)
+def dataset(name: str, val_fraction: float, seed: int) -> Dataset:
+    return load_dataset(name, val_fraction=val_fraction, seed=seed)
+
+
+def data_of(spec: dict) -> Dataset:
+    d = spec["data"]
+    return dataset(d["name"], d["val_fraction"], d["seed"])
+
+
+def build(model_spec: dict, data: Dataset, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(model_spec["name"], num_classes=data.num_classes, in_channels=data.in_channels,
+                        input_shape=data.input_shape, **model_spec["options"])
+
+
+def finish_model(out: Path, model: torch.nn.Module, data: Dataset, *, transforms=(), layer_bits=None,
+                 extra: dict | None = None) -> None:
+    """Save ``model`` (float) + transforms, cache eval logits, write ``metrics.json``.
+
+    Latency is not measured here: it describes the machine at report time, so the
+    study measures every model side by side when it collects results.
+    """
+    from compresslab.compress import apply_transform
+
+    save_checkpoint(out, model, transforms=list(transforms))
+    runtime = model.eval()
+    for t in transforms:
+        runtime = apply_transform(runtime, t)
+    metrics: dict = {"accuracy": {}}
+    for split in EVAL_SPLITS:
+        x, y = data.split(split)
+        logits = evaluate_logits(runtime, x)
+        np.save(out / f"logits_{split}.npy", logits.numpy().astype(np.float32))
+        metrics["accuracy"][split] = float((logits.argmax(1) == y).float().mean()) if len(y) else None
+    metrics["cost"] = cost_report(model, data.input_shape, layer_bits=layer_bits or None)
+    metrics.update(extra or {})
+    write_json(out / "metrics.json", metrics)
+
+
+def _history(result) -> dict:
+    return {"train_seconds": result.seconds, "history": result.history}
+
+
+def run_train(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
+    s = step.spec
+    data = data_of(s)
+    model = build(s["model"], data, s["seed"])
+    result = fit(model, data, Recipe(**s["recipe"]), loss=s.get("loss"), seed=s["seed"], callback=callback)
+    finish_model(out, model, data, extra=_history(result))
+
+
+def run_distill(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
+    from compresslab.compress.distill import distill
+
+    s = step.spec
+    data = data_of(s)
+    teacher, _ = load_checkpoint(parents["teacher"])
+    student = build(s["student"], data, s["seed"])
+    result = distill(teacher, student, data, Recipe(**s["recipe"]), loss=s["loss"],
+                     temperature=s["temperature"], seed=s["seed"], callback=callback)
+    finish_model(out, student, data, extra=_history(result))
+
+
+def run_prune(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
+    from compresslab.compress.prune import apply_masks, prune_global, sparsity_report
+
+    s = step.spec
+    data = data_of(s)
+    model, _ = load_checkpoint(parents["parent"], apply_transforms=False)
+    masks = prune_global(model, s["amount"], scope=s["scope"])
+    result = fit(model, data, Recipe(**s["recipe"]), seed=s["seed"], callback=callback,
+                 after_step=lambda m: apply_masks(m, masks))
+    sparsity = sparsity_report(model, masks)
+    finish_model(out, model, data,
+                 extra={**_history(result), "sparsity": {k: sparsity[k] for k in ("global", "pruned", "total")}})
+
+
+def run_quantize(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
+    from compresslab.compress.quantize import DYNAMIC_INT8, quantized_layer_bits
+
+    s = step.spec
+    data = data_of(s)
+    model, cfg = load_checkpoint(parents["parent"], apply_transforms=False)
+    transforms = [*cfg["transforms"], DYNAMIC_INT8]
+    finish_model(out, model, data, transforms=transforms,
+                 layer_bits=quantized_layer_bits(model, transforms))
+
+
+RUNNERS = {"train": run_train, "distill": run_distill, "prune": run_prune, "quantize": run_quantize}

@@ -1,0 +1,212 @@
+"""The training loop, plus evaluation helpers.
+
+``fit`` is deliberately a plain loop over tensor-indexed batches: same model
+initialisation + recipe + seed give bit-identical weights on CPU, and its per-step
+overhead over a hand-written loop is a few small tensor ops and one ``.item()`` per
+step (see ``benchmarks/train_throughput.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from compresslab.data.core import Dataset, augment, batches
+from compresslab.errors import UserError
+from compresslab.train.losses import StepContext, Term, compose_loss
+from compresslab.train.recipe import Recipe
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` did: one history entry per epoch (``epoch``, ``loss``, ``acc``,
+    ``seconds``, ``samples_per_s``; training-mode running values), wall seconds, and
+    the number of optimizer steps taken."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has the AVX-512/AMX support oneDNN needs for fast bf16.
+
+    Without it (e.g. AVX2-only CPUs) bf16 matmuls and convolutions are emulated and
+    autocast makes training many times *slower*, so ``precision="fast"`` skips it.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _nan_message(value: float, epoch: int, step: int, global_step: int) -> str:
+    what = "nan" if math.isnan(value) else "inf"
+    return (f"loss became {what} at epoch {epoch}, step {step} (global step {global_step}); "
+            "lower the learning rate or check the data")
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    *,
+    loss: dict[str, float] | None = None,
+    terms: dict[str, Term] | None = None,
+    seed: int = 0,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    max_steps: int | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``data.x_train`` / ``data.y_train`` following ``recipe``.
+
+    - ``loss``: ``{term name: weight}`` (default ``{"ce": 1.0}``); ``terms`` supplies
+      extra named terms (see :func:`compresslab.train.losses.compose_loss`).
+    - ``seed``: seeds torch's global RNG and a private generator for batch order and
+      augmentation, so reruns from the same initial weights are bit-identical on CPU.
+    - ``callback(event)``: receives ``start`` / ``step`` / ``epoch`` event dicts
+      (epochs and steps count from 1); ``fit`` itself never prints.
+    - ``after_step(model)``: called after every optimizer step (e.g. re-apply masks).
+    - ``max_steps``: stop after this many optimizer steps (the schedule still spans
+      ``recipe.epochs``).
+
+    ``recipe.precision == "fast"``: 4-D inputs and the model go channels_last, and the
+    forward runs under bf16 autocast when the CPU supports bf16 natively
+    (:func:`native_bf16`); weights, loss and logits stay float32, and the model is
+    returned in contiguous memory format.
+
+    A non-finite loss raises :class:`UserError` before its optimizer step; parameters,
+    buffers (BatchNorm statistics) and optimizer state are those of the previous step.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = compose_loss(loss or {"ce": 1.0}, terms, label_smoothing=recipe.label_smoothing)
+
+    x, y = data.x_train, data.y_train
+    n = int(y.shape[0])
+    if n == 0:
+        raise UserError(f"dataset {data.name!r}: the training split is empty")
+    if recipe.augment != "none" and x.dim() not in (3, 4):
+        raise UserError(f"recipe: augment: {recipe.augment!r} needs 1-D or 2-D inputs, "
+                        f"got examples of shape {tuple(x.shape[1:])}; use augment: none")
+    bs = recipe.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = recipe.epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max(0, max_steps))
+    crop = recipe.crop_padding if recipe.augment != "none" else 0
+    flip = recipe.augment == "crop-flip" and x.dim() == 4
+    fast = recipe.precision == "fast"
+    channels_last = fast and x.dim() == 4
+    bf16 = fast and native_bf16()
+
+    if callback is not None:
+        callback({"event": "start", "epochs": recipe.epochs, "steps_per_epoch": steps_per_epoch,
+                  "total_steps": total_steps})
+
+    history: list[dict[str, float]] = []
+    global_step = 0
+    was_training = model.training
+    t_fit = time.perf_counter()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        if total_steps == 0:
+            return FitResult(history, time.perf_counter() - t_fit, 0)
+        optimizer = recipe.make_optimizer(p for p in model.parameters() if p.requires_grad)
+        scheduler = recipe.make_scheduler(optimizer, steps_per_epoch)
+        model.train()
+        # Buffers (BN statistics) are updated by the forward pass; keep the previous
+        # step's values so a failing step can be undone.
+        buffers = list(model.buffers())
+        saved = [b.clone() for b in buffers]
+        amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        capture = contextlib.nullcontext({})
+        if loss_fn.feature_points:
+            from compresslab.models import capture_features
+
+            capture = capture_features(model, loss_fn.feature_points)
+
+        with capture as features:
+            for epoch in range(1, recipe.epochs + 1):
+                t0 = time.perf_counter()
+                seen = 0
+                loss_sum = 0.0
+                correct = torch.zeros((), dtype=torch.long)  # read back at epoch end (or by the callback)
+                for step, (idx, xb, yb) in enumerate(batches(x, y, bs, shuffle=True, generator=gen), 1):
+                    global_step += 1
+                    if crop or flip:
+                        xb = augment(xb, crop_padding=crop, flip=flip, generator=gen)
+                    if channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    if buffers:
+                        torch._foreach_copy_(saved, buffers)
+                    with amp():
+                        out = model(xb)
+                    logits = out.float()
+                    ctx = StepContext(model, xb, yb, idx, logits, features, epoch, step, global_step)
+                    total, _ = loss_fn(ctx)
+                    loss_v = total.item()  # the step's one read-back (on CPU not a device sync)
+                    if not math.isfinite(loss_v):
+                        if buffers:
+                            torch._foreach_copy_(buffers, saved)
+                        raise UserError(_nan_message(loss_v, epoch, step, global_step))
+                    optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    if after_step is not None:
+                        after_step(model)
+
+                    nb = yb.shape[0]
+                    seen += nb
+                    loss_sum += loss_v * nb
+                    correct.add_((logits.detach().argmax(1) == yb).sum())
+                    if callback is not None:
+                        callback({"event": "step", "epoch": epoch, "step": step, "loss": loss_v,
+                                  "acc": correct.item() / seen,
+                                  "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
+                    if global_step >= total_steps:
+                        break
+                seconds = time.perf_counter() - t0
+                record = {"epoch": epoch, "loss": loss_sum / seen, "acc": correct.item() / seen,
+                          "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9)}
+                history.append(record)
+                if callback is not None:
+                    callback({"event": "epoch", **record})
+                if global_step >= total_steps:
+                    break
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+    return FitResult(history, time.perf_counter() - t_fit, global_step)
+
+
+def evaluate_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """float32 logits of ``model`` on ``x`` in eval mode (the train/eval flag is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            outs = [model(x[i:i + batch_size]).float() for i in range(0, x.shape[0], batch_size)]
+            if not outs:
+                outs = [model(x[:0]).float()]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs)  # outside inference mode: a normal tensor usable in autograd code
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (``nan`` for an empty split)."""
+    if y.shape[0] == 0:
+        return float("nan")
+    logits = evaluate_logits(model, x, batch_size)
+    return float((logits.argmax(1) == y).float().mean())
