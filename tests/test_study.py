@@ -94,3 +94,18 @@ def test_resume_after_kill_reruns_nothing_finished(tmp_path):
         if d.name.startswith(("train-", "distill-", "prune-", "quantize-")):
             assert {"spec.json", "model.json", "model.safetensors", "metrics.json", "logits_test.npy"} <= \
                 {p.name for p in d.iterdir()}
+
+
+def test_nan_loss_stops_with_the_step_named_and_keeps_finished_steps(capsys, tmp_path):
+    from conftest import TINY_STUDY
+
+    spec_path = tmp_path / "nan.yaml"
+    spec_path.write_text(TINY_STUDY.format(epochs=1).replace(
+        "{name: pruned, method: prune, amount: 0.5}", "{name: pruned, method: prune, amount: 0.5, finetune_lr: 1e37}"))
+    runs = tmp_path / "runs"
+    assert main(["study", str(spec_path), "--runs", str(runs), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "loss became" in err and "pruned" in err
+    parent_dir = runs / expand(load_spec(spec_path))[0].step.dirname
+    assert (parent_dir / "model.safetensors").is_file()
+    assert not any(d.name.startswith("prune-") for d in runs.iterdir())

@@ -35,8 +35,15 @@ def _emit(obj: dict, as_json: bool, human) -> None:
         human(obj)
 
 
-def _table(title: str, rows: list[tuple[str, str]]) -> None:
+def _console():
+    """stdout console; when piped, wide enough that tables are not truncated."""
     from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.table import Table
 
     t = Table(title=title, show_header=False)
@@ -44,15 +51,23 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     t.add_column(justify="right")
     for k, v in rows:
         t.add_row(k, v)
-    Console().print(t)
+    _console().print(t)
 
 
 def _num(v) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.4g}"
+        return f"{v:.4g}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+def _short(v: float) -> str:
+    """1234 -> 1.23k, 3.9e8 -> 390M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
 
 
 def parse_options(items: list[str]) -> dict:
@@ -218,19 +233,17 @@ def study(
     if as_json:
         typer.echo(json.dumps(results, indent=2, sort_keys=True))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"study {results['study']} ({results['split']} split)")
-    for col in ("model", "role", "acc %", "params", "nonzero", "BOPs", "disagree %", "JS", "ms @256"):
-        t.add_column(col, justify="left" if col in ("model", "role") else "right")
+    t = Table(title=f"study {results['study']}: {results['split']} split, function metrics against the parent")
+    for col in ("model", "role", "acc %", "nonzero", "BOPs", "disagree %", "JS", "ms@256"):
+        t.add_column(col, justify="left" if col in ("model", "role") else "right", no_wrap=True)
     for m in results["models"]:
         lat = m["cost"].get("latency_ms", {}).get("batch256")
-        t.add_row(m["name"], m["role"], f"{100 * m['accuracy']:.2f}", f"{m['cost']['params']:,}",
-                  f"{m['cost']['nonzero_params']:,}", f"{m['cost']['bops']:.3g}",
-                  f"{100 * m['function']['disagreement']:.2f}", f"{m['function']['js_divergence']:.4f}",
-                  "–" if lat is None else f"{lat:.2f}")
-    Console().print(t)
+        t.add_row(m["name"], m["role"], f"{100 * m['accuracy']:.2f}", _short(m["cost"]["nonzero_params"]),
+                  _short(m["cost"]["bops"]), f"{100 * m['function']['disagreement']:.2f}",
+                  f"{m['function']['js_divergence']:.4f}", "–" if lat is None else f"{lat:.2f}")
+    _console().print(t)
     typer.echo(f"report: {out / 'report.html'}")
     typer.echo(f"results: {out / 'results.json'}")
 

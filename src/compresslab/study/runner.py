@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compresslab.errors import UserError
 from compresslab.measure import compare_logits, latency
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, canonical_json, read_json
@@ -73,8 +74,12 @@ def run_steps(entries: list[Entry], store: RunStore, progress=None) -> dict[str,
     for e in entries:
         parents = {role: store.path(p) for role, p in e.step.parents.items()}
         task = progress.task(f"{e.name} ({e.step.kind})") if progress else nullcontext(None)
-        with task as callback:
-            _, ran[e.name] = store.run(e.step, lambda out: RUNNERS[e.step.kind](e.step, out, parents, callback))
+        try:
+            with task as callback:
+                _, ran[e.name] = store.run(e.step, lambda out: RUNNERS[e.step.kind](e.step, out, parents, callback))
+        except UserError as err:
+            raise UserError(f"study step {e.name!r} ({e.step.kind}) failed: {err}; finished steps are kept "
+                            "and reused when you run the study again") from None
     return ran
 
 
