@@ -27,6 +27,19 @@ from compresslab.measure.function import (
     output_cosine,
     softmax_probs,
 )
+from compresslab.measure.weights import (
+    PRUNABILITY_KEYS,
+    cosine_curve,
+    flat_params,
+    kurtosis_of_kurtoses,
+    p_star,
+    param_cosine,
+    pearson_kurtosis,
+    per_tensor_kurtosis,
+    plot_prunability,
+    prunability,
+    safe_amount,
+)
 
 __all__ = [
     "COUNTED_LAYERS",
@@ -49,4 +62,15 @@ __all__ = [
     "model_bytes_fp32",
     "output_cosine",
     "softmax_probs",
+    "PRUNABILITY_KEYS",
+    "cosine_curve",
+    "flat_params",
+    "kurtosis_of_kurtoses",
+    "p_star",
+    "param_cosine",
+    "pearson_kurtosis",
+    "per_tensor_kurtosis",
+    "plot_prunability",
+    "prunability",
+    "safe_amount",
 ]
