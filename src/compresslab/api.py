@@ -133,3 +133,73 @@ def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", see
     ds = dataset(data, val_fraction, seed)
     y = ds.split(split)[1]
     return compare_logits(_logits(a, ds, split), _logits(b, ds, split), labels=y)
+
+
+def _content_hash(checkpoint: Path) -> str:
+    """SHA-256 of a checkpoint's model.json + model.safetensors (what a child step depends on)."""
+    import hashlib
+
+    from compresslab.runs.checkpoint import read_model_json
+
+    read_model_json(checkpoint)  # a clear error for a missing or foreign directory
+    h = hashlib.sha256()
+    for name in ("model.json", "model.safetensors"):
+        path = Path(checkpoint) / name
+        if not path.is_file():
+            raise UserError(f"{path}: file not found; the checkpoint is incomplete")
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe", method: str = "global-l1",
+                     scope: str = "all", finetune_epochs: int = 1, lr: float | None = None, seed: int = 0,
+                     val_fraction: float = 0.1, runs: str | Path = "runs", progress=None) -> dict:
+    """Prune a checkpoint (then fine-tune with masks) as a run-store step.
+
+    ``amount`` is a fraction, or ``"p_star"`` / ``"safe"`` (read off the weights). The
+    fine-tuning recipe is the parent's own (when it was trained by compresslab) for
+    ``finetune_epochs`` epochs at a tenth of its learning rate, or ``lr`` if given.
+    """
+    from compresslab.runs.store import RunStore, Step, read_json
+    from compresslab.study.steps import RUNNERS, dataset
+    from compresslab.train import Recipe
+
+    checkpoint = Path(checkpoint)
+    if not isinstance(amount, str) and not 0 < amount < 1:
+        raise UserError(f"--amount {amount}: must be a fraction in (0, 1), e.g. 0.5")
+    if finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs {finetune_epochs}: must be >= 0")
+    parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
+    ds = dataset(data, val_fraction, seed)
+    _logits(checkpoint, ds, "val" if ds.sizes()["val"] else "test")  # the checkpoint must fit the data
+    spec_file = checkpoint / "spec.json"
+    base = read_json(spec_file)["spec"].get("recipe") if spec_file.is_file() else None
+    recipe = Recipe(**base) if base else Recipe()
+    ft = {**recipe.model_dump(), "epochs": finetune_epochs, "lr": lr or recipe.lr / 10, "warmup_epochs": 0}
+    step = Step("prune", {"data": {"name": data, "val_fraction": val_fraction, "seed": seed}, "amount": amount,
+                          "method": method, "scope": scope, "recipe": Recipe.from_dict(ft).model_dump(),
+                          "seed": seed}, parents={"parent": parent}, label=f"prune {checkpoint.name}")
+    with (progress.task(f"prune {checkpoint.name}") if progress else nullcontext(None)) as callback:
+        out, ran = RunStore(runs).run(step, lambda d: RUNNERS["prune"](step, d, {"parent": checkpoint}, callback))
+    m = read_json(out / "metrics.json")
+    return {"checkpoint": str(out), "reused": not ran, "amount": m["amount"], "sparsity": m["sparsity"]["global"],
+            "accuracy": m["accuracy"], "param_cosine": m["param_cosine"], **({"amount_rule": m["amount_rule"]}
+                                                                             if "amount_rule" in m else {})}
+
+
+def checkpoint_prunability(checkpoint: Path, *, scope: str = "all", points: int = 101,
+                           plot: Path | None = None) -> dict:
+    """Data-free prunability of a checkpoint's weights (see ``measure.weights.prunability``)."""
+    from compresslab.measure.weights import plot_prunability, prunability
+    from compresslab.runs.checkpoint import load_checkpoint
+
+    if points < 2:
+        raise UserError(f"--points {points}: need at least 2 points on the curve")
+    model, _ = load_checkpoint(checkpoint, apply_transforms=False)
+    report = prunability(model, scope=scope, points=points)
+    if plot is not None:
+        plot = Path(plot)
+        if not plot.parent.is_dir():
+            raise UserError(f"--plot {plot}: directory {plot.parent} does not exist")
+        plot_prunability(report, plot)
+    return report

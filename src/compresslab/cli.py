@@ -208,6 +208,69 @@ def compare(
 
 
 @app.command()
+def prune(
+    checkpoint: Path = typer.Argument(..., help="The parent checkpoint directory."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset for fine-tuning and evaluation (the parent's)."),
+    amount: Optional[float] = typer.Option(None, "--amount", help="Fraction of the parameters to remove, in (0, 1)."),
+    auto: Optional[str] = typer.Option(None, "--auto", help="Choose the amount from the weights: safe (kurtosis rule) or p_star."),
+    method: str = typer.Option("global-l1", "--method", help="global-l1, layer-l1, or random (the control)."),
+    scope: str = typer.Option("all", "--scope", help="all: weights and biases of conv, linear and norm layers; weights: conv/linear weights only."),
+    finetune_epochs: int = typer.Option(1, "--finetune-epochs", help="Epochs of masked fine-tuning (0: none)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate (default: a tenth of the parent's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for fine-tuning order (and random pruning); also the val split's."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Prune a checkpoint by magnitude, fine-tune with masks kept, print the child's directory.
+
+    \b
+    Examples:
+      compresslab prune runs/train-1a2b... --amount 0.8 --data mnist1d
+      compresslab prune runs/train-1a2b... --auto safe --method global-l1 --data mnist1d --json
+    """
+    from compresslab.api import prune_checkpoint
+    from compresslab.progress import RichProgress
+
+    if (amount is None) == (auto is None):
+        raise UserError("give exactly one of --amount X or --auto safe|p_star")
+    if auto is not None and auto not in ("safe", "p_star"):
+        raise UserError(f"--auto {auto!r}: use safe or p_star")
+    with RichProgress(quiet=quiet) as progress:
+        result = prune_checkpoint(checkpoint, data, amount=auto or amount, method=method, scope=scope,
+                                  finetune_epochs=finetune_epochs, lr=lr, seed=seed, runs=runs, progress=progress)
+    _emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
+
+
+@app.command()
+def prunability(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory."),
+    scope: str = typer.Option("all", "--scope", help="all (weights and biases of conv, linear, norm) or weights."),
+    points: int = typer.Option(101, "--points", help="Points of the cos(p) curve on [0, 1]."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the cos(p) curve with p* and the safe amount as PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """How far can this model be pruned? From the weights alone, no data.
+
+    p* is the sparsity whose (cos(p), p) is closest to (1, 1), where cos(p) is the cosine
+    between the parameters and their magnitude-pruned copy. The safe amount divides p* by
+    ln K² (K² ≥ e) or log2 K² (K² < e), K² being the kurtosis of the per-tensor kurtoses,
+    clamped to [0, p*].
+
+    JSON keys: p_star, cos_at_p_star, kurtosis_of_kurtoses, safe_amount, curve, per_tensor_kurtosis.
+
+    \b
+    Example:
+      compresslab prunability runs/train-1a2b... --plot prunability.png
+    """
+    from compresslab.api import checkpoint_prunability
+
+    result = checkpoint_prunability(checkpoint, scope=scope, points=points, plot=plot)
+    rows = [(k, f"{result[k]:.4f}") for k in ("p_star", "cos_at_p_star", "kurtosis_of_kurtoses", "safe_amount")]
+    _emit(result, as_json, lambda r: _table(f"prunability of {checkpoint.name}", rows))
+
+
+@app.command()
 def study(
     spec: Optional[Path] = typer.Argument(None, help="Study spec (YAML). Without it: the default study on mnist1d."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Run a built-in spec by name (e.g. default)."),

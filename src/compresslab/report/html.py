@@ -73,6 +73,52 @@ def plot_disagreement(results: dict) -> str:
     return _png(fig)
 
 
+def plot_prune_sweep(results: dict) -> str | None:
+    """Accuracy, disagreement and parameter cosine against sparsity, p* and the safe amount marked."""
+    pruned = [m for m in results["models"] if "sparsity" in m]
+    if len(pruned) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parent = results["models"][0]
+    base = results.get("independent_baseline", {}).get("disagreement")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    panels = [("accuracy", "accuracy (%)", lambda m: 100 * m["accuracy"]),
+              ("disagreement", "disagreement with parent (%)", lambda m: 100 * m["function"]["disagreement"]),
+              ("param_cosine", "parameter cosine to parent", lambda m: m["param_cosine"])]
+    criteria = sorted({m["criterion"] for m in pruned})
+    for ax, (key, label, get) in zip(axes, panels):
+        for i, crit in enumerate(criteria):
+            ms = sorted((m for m in pruned if m["criterion"] == crit), key=lambda m: m["sparsity"])
+            ax.plot([100 * m["sparsity"] for m in ms], [get(m) for m in ms], marker="o", ms=4, label=crit,
+                    color=plt.get_cmap("tab10")(i))
+        for m in pruned:
+            rule = m.get("amount_rule", {}).get("rule")
+            if rule:
+                ax.axvline(100 * m["sparsity"], color="black" if rule == "p_star" else "#2ca02c",
+                           linestyle="--", linewidth=1, label="p*" if rule == "p_star" else "safe amount")
+        if key == "accuracy":
+            ax.axhline(100 * parent["accuracy"], color="#1f77b4", linewidth=1, linestyle=":", label="parent")
+        if key == "disagreement" and base:
+            ax.axhspan(100 * base["min"], 100 * base["max"], color="#7f7f7f", alpha=0.25,
+                       label="independent retrains")
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    uniq = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            uniq.setdefault(label, handle)
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=len(uniq), fontsize=8,
+               bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle("Pruning sweep (after fine-tuning)")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _fmt(v, kind: str = "") -> str:
     if v is None:
         return "–"
@@ -131,10 +177,31 @@ models are. A child is only "functionally close" if it beats this.</p>
 <table><tr><th>metric</th><th>mean</th><th>min</th><th>max</th><th>n</th></tr>{base_rows}</table>
 <div class="plots"><img alt="cost against accuracy" src="{plot_cost_accuracy(results)}">
 <img alt="disagreement with the parent" src="{plot_disagreement(results)}"></div>
+{_sweep_section(results)}
 <p>Steps run: {len(steps.get('ran', []))}, reused from the run store: {len(steps.get('reused', []))}.
 Wall time {results.get('seconds', 0):.1f} s.</p>
 </body></html>
 """
+
+
+def _sweep_section(results: dict) -> str:
+    png = plot_prune_sweep(results)
+    if png is None:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(m['name'])}</td><td>{html.escape(m['criterion'])}</td><td>{_fmt(m['sparsity'], 'pct')}</td>"
+        f"<td>{_fmt(m['accuracy'], 'pct')}</td><td>{_fmt(m['function']['disagreement'], 'pct')}</td>"
+        f"<td>{_fmt(m['param_cosine'])}</td></tr>"
+        for m in sorted((m for m in results["models"] if "sparsity" in m), key=lambda m: (m["criterion"], m["sparsity"])))
+    r = next((m["amount_rule"] for m in results["models"] if "amount_rule" in m), None)
+    rule_text = ""
+    if r:
+        rule_text = (f"<p>From the parent's weights alone: p* = {r['p_star']:.3f}, kurtosis of kurtoses "
+                     f"K² = {r['kurtosis_of_kurtoses']:.3g}, safe amount = {r['safe_amount']:.3f} "
+                     "(p*/ln K² if K² ≥ e, else p*/log2 K², clamped to [0, p*]).</p>")
+    return (f"<h2>Pruning sweep</h2>{rule_text}<table><tr><th>model</th><th>criterion</th><th>sparsity (%)</th>"
+            f"<th>acc (%)</th><th>disagree (%)</th><th>param cos</th></tr>{rows}</table>"
+            f'<img alt="pruning sweep" style="max-width:100%" src="{png}">')
 
 
 def write_report(results: dict, path: str | Path) -> Path:

@@ -54,8 +54,8 @@ def expand(spec: StudySpec) -> list[Entry]:
         elif isinstance(c, PruneChild):
             ft = {**recipe, "epochs": c.finetune_epochs, "lr": c.finetune_lr or spec.recipe.lr / 10,
                   "warmup_epochs": 0}
-            step = Step("prune", {"data": data, "amount": c.amount, "scope": c.scope, "recipe": ft,
-                                  "seed": spec.seed}, parents={"parent": parent}, label=c.name)
+            step = Step("prune", {"data": data, "amount": c.amount, "method": c.criterion, "scope": c.scope,
+                                  "recipe": ft, "seed": spec.seed}, parents={"parent": parent}, label=c.name)
         elif isinstance(c, QuantizeChild):
             step = Step("quantize", {"data": data, "scheme": c.scheme}, parents={"parent": parent}, label=c.name)
         else:  # pragma: no cover - the spec's discriminated union is exhaustive
@@ -106,6 +106,10 @@ def collect(spec: StudySpec, entries: list[Entry], store: RunStore, *, with_late
         }
         if "sparsity" in metrics:
             row["sparsity"] = metrics["sparsity"]["global"]
+            row["criterion"] = e.step.spec["method"]
+            row["param_cosine"] = metrics["param_cosine"]["after_finetuning"]
+            if "amount_rule" in metrics:
+                row["amount_rule"] = metrics["amount_rule"]
         models.append(row)
     baseline = {}
     independents = [m for m in models if m["method"] == "independent"]

@@ -34,7 +34,9 @@ class DistillChild(_Strict):
 class PruneChild(_Strict):
     method: Literal["prune"]
     name: str
-    amount: float = Field(gt=0, lt=1)
+    amount: Union[Annotated[float, Field(gt=0, lt=1)], Literal["p_star", "safe"]] = Field(
+        description="fraction of the parameters to remove, or p_star / safe (from the parent's weights)")
+    criterion: Literal["global-l1", "layer-l1", "random"] = "global-l1"
     scope: Literal["all", "weights"] = "all"
     finetune_epochs: int = Field(1, ge=0)
     finetune_lr: float | None = Field(None, gt=0, description="default: the study recipe's lr / 10")

@@ -6,6 +6,7 @@ A step is a pure function of its spec and its parents' outputs.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -86,18 +87,38 @@ def run_distill(step: Step, out: Path, parents: dict[str, Path], callback=None) 
     finish_model(out, student, data, extra=_history(result))
 
 
+def resolve_amount(amount, model, scope: str) -> tuple[float, dict | None]:
+    """A number, or ``"p_star"`` / ``"safe"`` read off the parent's weights (data-free)."""
+    if not isinstance(amount, str):
+        return float(amount), None
+    from compresslab.measure.weights import prunability
+
+    report = prunability(model, scope=scope)
+    key = {"p_star": "p_star", "safe": "safe_amount"}[amount]
+    return report[key], {k: report[k] for k in ("p_star", "safe_amount", "kurtosis_of_kurtoses")}
+
+
 def run_prune(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
-    from compresslab.compress.prune import apply_masks, prune_global, sparsity_report
+    from compresslab.compress.prune import apply_masks, prune, sparsity_report
+    from compresslab.measure.weights import param_cosine
 
     s = step.spec
     data = data_of(s)
-    model, _ = load_checkpoint(parents["parent"], apply_transforms=False)
-    masks = prune_global(model, s["amount"], scope=s["scope"])
+    parent, _ = load_checkpoint(parents["parent"], apply_transforms=False)
+    model = copy.deepcopy(parent)
+    amount, rule = resolve_amount(s["amount"], model, s["scope"])
+    masks = prune(model, amount, method=s.get("method", "global-l1"), scope=s["scope"], seed=s["seed"])
+    cos_pruned = param_cosine(parent, model, scope=s["scope"])
     result = fit(model, data, Recipe(**s["recipe"]), seed=s["seed"], callback=callback,
                  after_step=lambda m: apply_masks(m, masks))
     sparsity = sparsity_report(model, masks)
-    finish_model(out, model, data,
-                 extra={**_history(result), "sparsity": {k: sparsity[k] for k in ("global", "pruned", "total")}})
+    extra = {**_history(result), "amount": amount,
+             "sparsity": {k: sparsity[k] for k in ("global", "pruned", "total")},
+             "param_cosine": {"after_pruning": cos_pruned,
+                              "after_finetuning": param_cosine(parent, model, scope=s["scope"])}}
+    if rule:
+        extra["amount_rule"] = {"rule": s["amount"], **rule}
+    finish_model(out, model, data, extra=extra)
 
 
 def run_quantize(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
