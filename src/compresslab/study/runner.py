@@ -53,7 +53,7 @@ def expand(spec: StudySpec) -> list[Entry]:
                                              label=f"{c.name}-scratch"))
         elif isinstance(c, PruneChild):
             ft = {**recipe, "epochs": c.finetune_epochs, "lr": c.finetune_lr or spec.recipe.lr / 10,
-                  "warmup_epochs": 0}
+                  "warmup_epochs": 0, "batch_size": c.finetune_batch_size or spec.recipe.batch_size}
             step = Step("prune", {"data": data, "amount": c.amount, "method": c.criterion, "scope": c.scope,
                                   "recipe": ft, "seed": spec.seed}, parents={"parent": parent}, label=c.name)
         elif isinstance(c, QuantizeChild):

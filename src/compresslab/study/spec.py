@@ -40,6 +40,7 @@ class PruneChild(_Strict):
     scope: Literal["all", "weights"] = "all"
     finetune_epochs: int = Field(1, ge=0)
     finetune_lr: float | None = Field(None, gt=0, description="default: the study recipe's lr / 10")
+    finetune_batch_size: int | None = Field(None, ge=1, description="default: the study recipe's")
 
 
 class QuantizeChild(_Strict):
