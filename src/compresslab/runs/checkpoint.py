@@ -1,8 +1,9 @@
 """Checkpoints: ``model.safetensors`` (float weights) + ``model.json`` (how to rebuild).
 
-``model.json`` holds the architecture config from :mod:`compresslab.models` and the
-list of *transforms* applied after the weights are loaded (e.g. int8 dynamic
-quantisation). Loading never unpickles: safetensors for our own files,
+``model.json`` holds the architecture config from :mod:`compresslab.models`, the
+``structure`` (layer widths changed by structured pruning, re-applied to the fresh
+module before the weights load) and the list of *transforms* applied after the
+weights are loaded (e.g. int8 dynamic quantisation). Loading never unpickles: safetensors for our own files,
 ``torch.load(weights_only=True)`` for foreign ``.pt`` state dicts.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, *, transforms
                     meta: dict | None = None) -> None:
     """Save ``model`` (the float module, before ``transforms``) into ``directory``."""
     from compresslab.models import model_config
+    from compresslab.models.structure import structure_of
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -31,6 +33,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, *, transforms
     write_json(directory / "model.json", {
         "format": FORMAT,
         "model": model_config(model),
+        "structure": structure_of(model),
         "transforms": list(transforms or []),
         "meta": dict(meta or {}),
     })
@@ -55,10 +58,11 @@ def load_checkpoint(directory: str | Path, *, apply_transforms: bool = True) -> 
     """
     from compresslab.compress import apply_transform
     from compresslab.models import build_from_config
+    from compresslab.models.structure import apply_structure
 
     directory = Path(directory)
     cfg = read_model_json(directory)
-    model = build_from_config(cfg["model"])
+    model = apply_structure(build_from_config(cfg["model"]), cfg.get("structure") or {})
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights}: file not found; the checkpoint is incomplete, re-create it")
