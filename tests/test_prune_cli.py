@@ -85,3 +85,28 @@ def test_prune_sweep_study(tmp_path):
     assert by["p80"]["param_cosine"] > by["rand80"]["param_cosine"]
     html = (out / "report.html").read_text()
     assert "Pruning sweep" in html and "safe amount" in html
+
+
+def test_channel_pruning_saves_a_smaller_model_that_reloads(capsys, parent, tmp_path):
+    import torch
+
+    from compresslab.runs.checkpoint import load_checkpoint, read_model_json
+
+    code, out, err = run(capsys, "prune", parent, "--method", "channel", "--amount", 0.5, "--data", "mnist1d",
+                         "--runs", tmp_path / "runs", "--quiet", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    s = r["structured"]
+    assert s["params_after"] < 0.5 * s["params_before"] and s["macs_after"] < s["macs_before"]
+    assert s["latency_ms"]["after"]["batch256"] > 0 and s["speedup"]["batch1"] > 0
+    assert read_model_json(r["checkpoint"])["structure"]  # the changed widths are recorded
+    code, out, _ = run(capsys, "info", r["checkpoint"], "--json")
+    assert json.loads(out)["params"] == s["params_after"]
+    a, _ = load_checkpoint(r["checkpoint"])
+    b, _ = load_checkpoint(r["checkpoint"])
+    x = torch.randn(8, 1, 40)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x)) and a(x).shape == (8, 10)
+    code, _, err = run(capsys, "prune", parent, "--method", "channel", "--auto", "safe", "--data", "mnist1d",
+                       "--runs", tmp_path / "runs")
+    assert code == 2 and "--amount" in err

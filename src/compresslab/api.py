@@ -152,19 +152,29 @@ def _content_hash(checkpoint: Path) -> str:
 
 
 def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe", method: str = "global-l1",
-                     scope: str = "all", finetune_epochs: int = 1, lr: float | None = None, seed: int = 0,
-                     val_fraction: float = 0.1, runs: str | Path = "runs", progress=None) -> dict:
-    """Prune a checkpoint (then fine-tune with masks) as a run-store step.
+                     scope: str = "all", importance: str = "magnitude", global_channels: bool = False,
+                     finetune_epochs: int = 1, lr: float | None = None, seed: int = 0, val_fraction: float = 0.1,
+                     runs: str | Path = "runs", progress=None) -> dict:
+    """Prune a checkpoint (then fine-tune) as a run-store step.
 
-    ``amount`` is a fraction, or ``"p_star"`` / ``"safe"`` (read off the weights). The
-    fine-tuning recipe is the parent's own (when it was trained by compresslab) for
-    ``finetune_epochs`` epochs at a tenth of its learning rate, or ``lr`` if given.
+    ``method`` is ``global-l1`` / ``layer-l1`` / ``random`` (unstructured; masks are kept
+    through fine-tuning) or ``channel`` (structured, through Torch-Pruning: the child is
+    physically smaller; ``importance`` and ``global_channels`` apply, and the result
+    includes latency before and after, measured side by side).
+    ``amount`` is a fraction, or ``"p_star"`` / ``"safe"`` (read off the weights;
+    unstructured only). The fine-tuning recipe is the parent's own (when compresslab
+    trained it) for ``finetune_epochs`` epochs at a tenth of its lr, or ``lr`` if given.
     """
+    from compresslab.compress.prune import METHODS
     from compresslab.runs.store import RunStore, Step, read_json
     from compresslab.study.steps import RUNNERS, dataset
     from compresslab.train import Recipe
 
     checkpoint = Path(checkpoint)
+    if method not in (*METHODS, "channel"):
+        raise UserError(f"--method {method!r}: use one of {', '.join((*METHODS, 'channel'))}")
+    if method == "channel" and isinstance(amount, str):
+        raise UserError("--auto applies to unstructured pruning; give --amount with --method channel")
     if not isinstance(amount, str) and not 0 < amount < 1:
         raise UserError(f"--amount {amount}: must be a fraction in (0, 1), e.g. 0.5")
     if finetune_epochs < 0:
@@ -177,14 +187,27 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
     recipe = Recipe(**base) if base else Recipe()
     ft = {**recipe.model_dump(), "epochs": finetune_epochs, "lr": lr or recipe.lr / 10, "warmup_epochs": 0}
     step = Step("prune", {"data": {"name": data, "val_fraction": val_fraction, "seed": seed}, "amount": amount,
-                          "method": method, "scope": scope, "recipe": Recipe.from_dict(ft).model_dump(),
+                          "method": method, "scope": scope,
+                          **({"importance": importance, "global_channels": global_channels}
+                             if method == "channel" else {}), "recipe": Recipe.from_dict(ft).model_dump(),
                           "seed": seed}, parents={"parent": parent}, label=f"prune {checkpoint.name}")
     with (progress.task(f"prune {checkpoint.name}") if progress else nullcontext(None)) as callback:
         out, ran = RunStore(runs).run(step, lambda d: RUNNERS["prune"](step, d, {"parent": checkpoint}, callback))
     m = read_json(out / "metrics.json")
-    return {"checkpoint": str(out), "reused": not ran, "amount": m["amount"], "sparsity": m["sparsity"]["global"],
-            "accuracy": m["accuracy"], "param_cosine": m["param_cosine"], **({"amount_rule": m["amount_rule"]}
-                                                                             if "amount_rule" in m else {})}
+    result = {"checkpoint": str(out), "reused": not ran, "amount": m["amount"], "accuracy": m["accuracy"]}
+    if method == "channel":
+        from compresslab.measure import latency
+        from compresslab.runs.checkpoint import load_checkpoint
+
+        before, after = load_checkpoint(checkpoint)[0], load_checkpoint(out)[0]
+        shape = tuple(ds.input_shape)
+        lat = {"before": latency(before, shape), "after": latency(after, shape)}
+        result["structured"] = {**m["structured"], "latency_ms": lat,
+                                "speedup": {k: lat["before"][k] / lat["after"][k] for k in lat["before"]}}
+    else:
+        result.update(sparsity=m["sparsity"]["global"], param_cosine=m["param_cosine"],
+                      **({"amount_rule": m["amount_rule"]} if "amount_rule" in m else {}))
+    return result
 
 
 def checkpoint_prunability(checkpoint: Path, *, scope: str = "all", points: int = 101,

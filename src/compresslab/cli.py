@@ -213,7 +213,9 @@ def prune(
     data: str = typer.Option(..., "--data", "-d", help="Dataset for fine-tuning and evaluation (the parent's)."),
     amount: Optional[float] = typer.Option(None, "--amount", help="Fraction of the parameters to remove, in (0, 1)."),
     auto: Optional[str] = typer.Option(None, "--auto", help="Choose the amount from the weights: safe (kurtosis rule) or p_star."),
-    method: str = typer.Option("global-l1", "--method", help="global-l1, layer-l1, or random (the control)."),
+    method: str = typer.Option("global-l1", "--method", help="global-l1, layer-l1, random (the control), or channel (structured: whole channels, a physically smaller model)."),
+    importance: str = typer.Option("magnitude", "--importance", help="With --method channel: magnitude or taylor."),
+    global_channels: bool = typer.Option(False, "--global", help="With --method channel: rank channels across layers instead of the same ratio per layer."),
     scope: str = typer.Option("all", "--scope", help="all: weights and biases of conv, linear and norm layers; weights: conv/linear weights only."),
     finetune_epochs: int = typer.Option(1, "--finetune-epochs", help="Epochs of masked fine-tuning (0: none)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate (default: a tenth of the parent's)."),
@@ -228,6 +230,7 @@ def prune(
     Examples:
       compresslab prune runs/train-1a2b... --amount 0.8 --data mnist1d
       compresslab prune runs/train-1a2b... --auto safe --method global-l1 --data mnist1d --json
+      compresslab prune runs/train-1a2b... --method channel --amount 0.5 --data mnist1d --json
     """
     from compresslab.api import prune_checkpoint
     from compresslab.progress import RichProgress
@@ -238,6 +241,7 @@ def prune(
         raise UserError(f"--auto {auto!r}: use safe or p_star")
     with RichProgress(quiet=quiet) as progress:
         result = prune_checkpoint(checkpoint, data, amount=auto or amount, method=method, scope=scope,
+                                  importance=importance, global_channels=global_channels,
                                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, runs=runs, progress=progress)
     _emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
 
@@ -268,6 +272,62 @@ def prunability(
     result = checkpoint_prunability(checkpoint, scope=scope, points=points, plot=plot)
     rows = [(k, f"{result[k]:.4f}") for k in ("p_star", "cos_at_p_star", "kurtosis_of_kurtoses", "safe_amount")]
     _emit(result, as_json, lambda r: _table(f"prunability of {checkpoint.name}", rows))
+
+
+@app.command()
+def lottery(
+    model: str = typer.Option(..., "--model", "-m", help="Model name (as for train)."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset name (as for train)."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Model option KEY=VALUE, repeatable."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML file of recipe fields; every round trains with it."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
+    rounds: int = typer.Option(3, "--rounds", help="Pruning rounds (round 0 is the dense network)."),
+    rate: float = typer.Option(0.2, "--rate", help="Fraction of the remaining weights pruned per round."),
+    rewind_epoch: int = typer.Option(0, "--rewind-epoch", help="Rewind survivors to the weights at this epoch (0: init)."),
+    control: bool = typer.Option(True, "--control/--no-control", help="Also train a random re-initialisation of each mask."),
+    lmc: bool = typer.Option(True, "--lmc/--no-lmc", help="Test each round's stability by linear mode connectivity."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, data order and the validation split."),
+    out: Path = typer.Option(Path("runs/lottery"), "--out", help="Directory for lottery.json and lottery.png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print lottery.json to stdout."),
+):
+    """Lottery tickets: iterative magnitude pruning with rewinding, a random-reinit control, and LMC.
+
+    Each round prunes --rate of the remaining weights globally, rewinds the survivors and
+    retrains. A round is stable when the error barrier between two copies trained with
+    different data orders is at most 2 points.
+
+    \b
+    Example:
+      compresslab lottery --model cnn1d --data mnist1d --epochs 10 --rounds 4 --out runs/lottery
+    """
+    from compresslab.api import _recipe
+    from compresslab.progress import RichProgress
+    from compresslab.study.lottery import run_lottery
+
+    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None}
+    with RichProgress(quiet=quiet) as progress:
+        result = run_lottery(model, data, options=parse_options(option), recipe=_recipe(recipe, overrides),
+                             rounds=rounds, rate=rate, rewind_epoch=rewind_epoch, seed=seed, control=control,
+                             lmc=lmc, out=out, callback=progress)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"lottery tickets: {model} on {data}")
+    for col in ("round", "sparsity %", "test acc %", "control acc %", "barrier", "stable"):
+        t.add_column(col, justify="right")
+    for r in result["records"]:
+        ctrl = r["control_test_acc"]
+        t.add_row(str(r["round"]), f"{100 * r['sparsity']:.1f}", f"{100 * r['test_acc']:.2f}",
+                  "–" if ctrl is None else f"{100 * ctrl:.2f}",
+                  "–" if r["barrier"] is None else f"{100 * r['barrier']:.2f}",
+                  "–" if r["stable"] is None else ("yes" if r["stable"] else "no"))
+    _console().print(t)
+    typer.echo(f"results: {out / 'lottery.json'}")
+    typer.echo(f"plot: {out / 'lottery.png'}")
 
 
 @app.command()

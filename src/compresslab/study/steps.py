@@ -106,6 +106,8 @@ def run_prune(step: Step, out: Path, parents: dict[str, Path], callback=None) ->
     data = data_of(s)
     parent, _ = load_checkpoint(parents["parent"], apply_transforms=False)
     model = copy.deepcopy(parent)
+    if s.get("method") == "channel":
+        return _run_channel_prune(s, model, data, out, callback)
     amount, rule = resolve_amount(s["amount"], model, s["scope"])
     masks = prune(model, amount, method=s.get("method", "global-l1"), scope=s["scope"], seed=s["seed"])
     cos_pruned = param_cosine(parent, model, scope=s["scope"])
@@ -119,6 +121,19 @@ def run_prune(step: Step, out: Path, parents: dict[str, Path], callback=None) ->
     if rule:
         extra["amount_rule"] = {"rule": s["amount"], **rule}
     finish_model(out, model, data, extra=extra)
+
+
+def _run_channel_prune(s: dict, model, data: Dataset, out: Path, callback) -> None:
+    """Structured (channel) pruning through Torch-Pruning, then plain fine-tuning."""
+    from compresslab.compress.structured import structured_prune
+
+    batch = (data.x_train[:128], data.y_train[:128]) if s["importance"] == "taylor" else None
+    report = structured_prune(model, data.input_shape, amount=s["amount"], importance=s["importance"],
+                              global_pruning=s["global_channels"], data=batch)
+    result = fit(model, data, Recipe(**s["recipe"]), seed=s["seed"], callback=callback)
+    keep = ("params_before", "params_after", "macs_before", "macs_after", "mac_ratio", "param_ratio", "protected")
+    finish_model(out, model, data, extra={**_history(result), "amount": s["amount"],
+                                          "structured": {k: report[k] for k in keep}})
 
 
 def run_quantize(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
