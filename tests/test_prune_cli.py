@@ -110,3 +110,17 @@ def test_channel_pruning_saves_a_smaller_model_that_reloads(capsys, parent, tmp_
     code, _, err = run(capsys, "prune", parent, "--method", "channel", "--auto", "safe", "--data", "mnist1d",
                        "--runs", tmp_path / "runs")
     assert code == 2 and "--amount" in err
+
+
+def test_lottery_command(capsys, tmp_path):
+    out = tmp_path / "lt"
+    code, stdout, err = run(capsys, "lottery", "--model", "mlp", "-o", "widths=[16]", "--data", "digits",
+                            "--epochs", 2, "--lr", 0.01, "--rounds", 1, "--rate", 0.5, "--out", out, "--quiet",
+                            "--json")
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert [x["round"] for x in r["records"]] == [0, 1]
+    assert r["records"][1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert isinstance(r["records"][1]["barrier"], float) and (out / "lottery.png").is_file()
+    code, _, err = run(capsys, "lottery", "--model", "mlp", "--data", "digits", "--rounds", 0, "--out", out)
+    assert code == 2 and "rounds" in err and err.count("\n") == 1
