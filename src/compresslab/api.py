@@ -4,7 +4,6 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from compresslab.errors import UserError

@@ -9,8 +9,6 @@ training inputs at every α (as in e.g. Jordan et al., REPAIR, 2023).
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from torch import nn
 from compresslab.compress.prune import apply_masks
 from compresslab.data.core import Dataset
 from compresslab.errors import UserError
+from compresslab.figures import save_png
 from compresslab.train.fit import evaluate_logits, fit
 from compresslab.train.recipe import Recipe
 
@@ -130,18 +129,7 @@ def plot_barrier(result: dict[str, Any], path) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_png(fig, path)
 
 
 def lmc_pair(model_init: nn.Module, data: Dataset, recipe: Recipe, *, seeds: tuple[int, int] = (1, 2),

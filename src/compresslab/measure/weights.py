@@ -16,8 +16,6 @@ Everything is a pure function without I/O, except ``plot_prunability``.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from torch import nn
 
 from compresslab.compress.prune import prunable_parameters
 from compresslab.errors import UserError
+from compresslab.figures import save_png
 
 #: Keys of the dict ``prunability`` returns (stable; add new keys at the end).
 PRUNABILITY_KEYS = (
@@ -208,15 +207,4 @@ def plot_prunability(report: dict, path) -> Path:
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_png(fig, path)

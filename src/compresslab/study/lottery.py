@@ -10,8 +10,6 @@ the tolerance the paper uses). It writes ``lottery.json`` and ``lottery.png`` in
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +18,7 @@ import torch
 
 from compresslab.compress.lottery import imp, rewind
 from compresslab.errors import UserError
+from compresslab.figures import save_png
 from compresslab.runs.store import write_json
 from compresslab.study.steps import build, dataset
 from compresslab.train.recipe import Recipe
@@ -161,14 +160,4 @@ def plot_lottery(report: dict[str, Any], path: Path) -> Path:
         ax2.legend(fontsize=8)
     fig.tight_layout()
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_png(fig, path)

@@ -87,7 +87,6 @@ def collect(spec: StudySpec, entries: list[Entry], store: RunStore, *, with_late
     """Accuracy, cost, latency and every function metric against the parent, per model."""
     split = spec.split
     data = data_of(entries[0].step.spec)
-    y = data.split(split)[1]
     parent_logits = np.load(store.path(entries[0].step) / f"logits_{split}.npy")
     models = []
     for e in entries:
