@@ -333,7 +333,8 @@ def lottery(
 @app.command()
 def study(
     spec: Optional[Path] = typer.Argument(None, help="Study spec (YAML). Without it: the default study on mnist1d."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Run a built-in spec by name (e.g. default)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Run a built-in spec by name: " + ", ".join(
+        sorted(p.stem for p in (Path(__file__).parent / "study" / "presets").glob("*.yaml"))) + "."),
     runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
