@@ -351,11 +351,17 @@ def study(
     from compresslab.progress import RichProgress
     from compresslab.study import load_spec, run_study
 
+    from compresslab.study.kurtosis import KurtosisSpec, run_kurtosis_study
+
     s = load_spec(spec, preset=preset)
+    kurtosis = isinstance(s, KurtosisSpec)
     with RichProgress(quiet=quiet) as progress:
-        results, out = run_study(s, runs, progress=progress)
+        results, out = (run_kurtosis_study if kurtosis else run_study)(s, runs, progress=progress)
     if as_json:
         typer.echo(json.dumps(results, indent=2, sort_keys=True))
+        return
+    if kurtosis:
+        _print_kurtosis(results, out)
         return
     from rich.table import Table
 
@@ -368,6 +374,24 @@ def study(
                   _short(m["cost"]["bops"]), f"{100 * m['function']['disagreement']:.2f}",
                   f"{m['function']['js_divergence']:.4f}", "–" if lat is None else f"{lat:.2f}")
     _console().print(t)
+    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+def _print_kurtosis(results: dict, out: Path) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"study {results['study']}: does kurtosis predict prunability?")
+    for col in ("parent", "acc %", "K²", "p*", "safe", "measured"):
+        t.add_column(col, justify="left" if col == "parent" else "right", no_wrap=True)
+    for p in results["parents"]:
+        t.add_row(p["name"], f"{100 * p['accuracy']:.2f}", f"{p['kurtosis_of_kurtoses']:.3g}", f"{p['p_star']:.2f}",
+                  f"{p['safe_amount']:.2f}", f"{p['measured_prunability']:.2f}")
+    _console().print(t)
+    for k, c in results["correlations"].items():
+        r = "undefined" if c["spearman"] is None else f"{c['spearman']:+.3f} (p={c['p_value']:.3g})"
+        typer.echo(f"Spearman(measured prunability, {k}) = {r}")
+    typer.echo(results["note"])
     typer.echo(f"report: {out / 'report.html'}")
     typer.echo(f"results: {out / 'results.json'}")
 

@@ -70,7 +70,7 @@ class StudySpec(_Strict):
     split: Literal["val", "test"] = "test"
 
 
-def load_spec(path: str | Path | None = None, *, preset: str | None = None) -> StudySpec:
+def load_spec(path: str | Path | None = None, *, preset: str | None = None):
     """Load a spec from a YAML file, a preset name, or the default preset."""
     if path is not None and preset is not None:
         raise UserError("give either a spec file or --preset, not both")
@@ -94,9 +94,14 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None) -> S
     return parse_spec(raw, source=str(path))
 
 
-def parse_spec(raw: object, *, source: str = "spec") -> StudySpec:
+def parse_spec(raw: object, *, source: str = "spec"):
+    """A :class:`StudySpec`, or a ``KurtosisSpec`` when the mapping says ``kind: kurtosis``."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
+    if raw.get("kind") == "kurtosis":
+        from compresslab.study.kurtosis import parse_kurtosis_spec
+
+        return parse_kurtosis_spec(raw, source=source)
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
