@@ -124,3 +124,14 @@ def test_lottery_command(capsys, tmp_path):
     assert isinstance(r["records"][1]["barrier"], float) and (out / "lottery.png").is_file()
     code, _, err = run(capsys, "lottery", "--model", "mlp", "--data", "digits", "--rounds", 0, "--out", out)
     assert code == 2 and "rounds" in err and err.count("\n") == 1
+
+
+def test_prune_records_per_tensor_sparsity(capsys, parent, tmp_path):
+    code, out, err = run(capsys, "prune", parent, "--amount", 0.5, "--method", "layer-l1", "--data", "mnist1d",
+                         "--runs", tmp_path / "runs", "--quiet", "--json")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "runs" / json.loads(out)["checkpoint"].rsplit("/", 1)[1] / "metrics.json")
+                         .read_text())
+    per = metrics["sparsity"]["per_tensor"]
+    assert per and all(abs(v - 0.5) < 0.1 for k, v in per.items() if k.endswith("weight"))
+    assert metrics["sparsity"]["global"] == pytest.approx(0.5, abs=0.01)

@@ -115,7 +115,7 @@ def run_prune(step: Step, out: Path, parents: dict[str, Path], callback=None) ->
                  after_step=lambda m: apply_masks(m, masks))
     sparsity = sparsity_report(model, masks)
     extra = {**_history(result), "amount": amount,
-             "sparsity": {k: sparsity[k] for k in ("global", "pruned", "total")},
+             "sparsity": sparsity,  # global, pruned, total and per_tensor
              "param_cosine": {"after_pruning": cos_pruned,
                               "after_finetuning": param_cosine(parent, model, scope=s["scope"])}}
     if rule:
