@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compresslab.errors import UserError
 from compresslab.train import Recipe
+from compresslab.train.recipe import validation_message
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -105,10 +106,7 @@ def parse_spec(raw: object, *, source: str = "spec"):
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise UserError(f"{source}: {loc}: {err['msg']}{more}") from None
+        raise UserError(validation_message(e, source)) from None
     names = [c.name for c in spec.children]
     dup = {n for n in names if names.count(n) > 1} | ({"parent"} & set(names))
     if dup:
