@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from compresslab.compress.distill import KDTerm, kd_loss
+from compresslab.compress.distill import KDTerm, TeacherSignal, kd_loss
 from compresslab.compress.prune import (apply_masks, prunable_parameters,
                                         prune_global, sparsity_report)
 from compresslab.compress.quantize import quantize_dynamic_int8
@@ -84,7 +84,7 @@ def test_kd_loss_matches_direct_formula(T):
 
 def test_kd_term_reads_cached_logits_by_example_index():
     cached = torch.randn(100, 10)
-    term = KDTerm(2.0, cached=cached)
+    term = KDTerm(TeacherSignal(logits=cached), 2.0)
 
     class Ctx:
         idx = torch.tensor([5, 17, 99])

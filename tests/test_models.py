@@ -331,3 +331,11 @@ def test_hooks_removed_when_forward_fails():
             model(torch.randn(2, 1, 32, 32))  # wrong channel count
     assert all_hooks_removed(model)
     assert feats == {}
+
+
+def test_lenet5_scale_narrows_every_layer_and_keeps_feature_points():
+    # scale 0.5: conv 1->3 (5x5) + 3->8 (5x5), fc 8*5*5->60->42->10, each with biases
+    expected = (3 * 25 + 3) + (8 * 3 * 25 + 8) + (200 * 60 + 60) + (60 * 42 + 42) + (42 * 10 + 10)
+    narrow = build("lenet5", scale=0.5)
+    assert n_params(narrow) == expected
+    assert narrow.feature_points == build("lenet5").feature_points

@@ -150,6 +150,16 @@ def _content_hash(checkpoint: Path) -> str:
     return h.hexdigest()
 
 
+def _parent_recipe(checkpoint: Path):
+    """The recipe compresslab trained ``checkpoint`` with (from the store's spec.json), else the default."""
+    from compresslab.runs.store import read_json
+    from compresslab.train import Recipe
+
+    spec_file = Path(checkpoint) / "spec.json"
+    base = read_json(spec_file)["spec"].get("recipe") if spec_file.is_file() else None
+    return Recipe(**base) if base else Recipe()
+
+
 def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe", method: str = "global-l1",
                      scope: str = "all", importance: str = "magnitude", global_channels: bool = False,
                      finetune_epochs: int = 1, lr: float | None = None, seed: int = 0, val_fraction: float = 0.1,
@@ -181,9 +191,7 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
     parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
     ds = dataset(data, val_fraction, seed)
     _logits(checkpoint, ds, "val" if ds.sizes()["val"] else "test")  # the checkpoint must fit the data
-    spec_file = checkpoint / "spec.json"
-    base = read_json(spec_file)["spec"].get("recipe") if spec_file.is_file() else None
-    recipe = Recipe(**base) if base else Recipe()
+    recipe = _parent_recipe(checkpoint)
     ft = {**recipe.model_dump(), "epochs": finetune_epochs, "lr": lr or recipe.lr / 10, "warmup_epochs": 0}
     step = Step("prune", {"data": {"name": data, "val_fraction": val_fraction, "seed": seed}, "amount": amount,
                           "method": method, "scope": scope,
@@ -225,3 +233,66 @@ def checkpoint_prunability(checkpoint: Path, *, scope: str = "all", points: int 
             raise UserError(f"--plot {plot}: directory {plot.parent} does not exist")
         plot_prunability(report, plot)
     return report
+
+
+TEACHER_KINDS_CLI = ("teacher", "untrained", "uniform-noise", "gaussian-noise")
+
+
+def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: dict | None = None,
+                       loss: dict[str, float] | None = None, temperature: float = 4.0, teacher_kind: str = "teacher",
+                       noise: dict | None = None, at_points=None, hint_points=None, recipe_file: Path | None = None,
+                       overrides: dict | None = None, seed: int = 0, val_fraction: float = 0.1,
+                       runs: str | Path = "runs", progress=None) -> dict:
+    """Distil a student from a teacher checkpoint as a run-store step.
+
+    ``teacher_kind``: ``teacher`` (the checkpoint), ``untrained`` (its architecture at
+    random initialisation, seed ``seed``), or a noise teacher (``uniform-noise`` /
+    ``gaussian-noise``; ``noise`` gives ``low``/``high`` or ``sigma``). The student's
+    recipe is the teacher's own (when compresslab trained it) unless ``recipe_file`` /
+    ``overrides`` say otherwise. Returns the student's checkpoint, accuracy, and every
+    output metric against the teacher on the test split.
+    """
+    from compresslab.measure import compare_logits
+    from compresslab.runs.checkpoint import load_checkpoint, read_model_json
+    from compresslab.runs.store import RunStore, Step, read_json
+    from compresslab.study.steps import RUNNERS, build, dataset
+    from compresslab.train import Recipe
+
+    checkpoint = Path(checkpoint)
+    if teacher_kind not in TEACHER_KINDS_CLI:
+        raise UserError(f"--teacher-kind {teacher_kind!r}: use one of {', '.join(TEACHER_KINDS_CLI)}")
+    parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
+    ds = dataset(data, val_fraction, seed)
+    _logits(checkpoint, ds, "test")  # the teacher must fit the data
+    build({"name": student, "options": options or {}}, ds, seed)  # validate before any work
+    if recipe_file is None:
+        recipe = Recipe.from_dict({**_parent_recipe(checkpoint).model_dump(), **(overrides or {})})
+    else:
+        recipe = _recipe(recipe_file, overrides or {})
+    spec = {"data": {"name": data, "val_fraction": val_fraction, "seed": seed},
+            "student": {"name": student, "options": options or {}}, "seed": seed, "temperature": temperature,
+            "recipe": recipe.model_dump(), "loss": dict(loss or {"kd": 0.9, "ce": 0.1})}
+    parents = {"teacher": parent}
+    if teacher_kind == "untrained":
+        cfg = read_model_json(checkpoint)["model"]
+        spec["teacher"] = {"kind": "untrained", "seed": seed,
+                           "model": {"name": cfg["name"], "options": cfg.get("options", {})}}
+        parents = {}
+    elif teacher_kind != "teacher":
+        spec["teacher"] = {"kind": teacher_kind, "seed": seed, **(noise or {})}
+        parents = {}
+    for key, points in (("at_points", at_points), ("hint_points", hint_points)):
+        if points is not None:
+            spec[key] = points
+    step = Step("distill", spec, parents=parents, label=f"distill {student}")
+    with (progress.task(f"distill {student} from {checkpoint.name}") if progress else nullcontext(None)) as cb:
+        out, ran = RunStore(runs).run(step, lambda d: RUNNERS["distill"](step, d, {"teacher": checkpoint}, cb))
+    metrics = read_json(out / "metrics.json")
+    x, y = ds.split("test")
+    from compresslab.train import evaluate_logits
+
+    teacher_logits = evaluate_logits(load_checkpoint(checkpoint)[0], x)
+    student_logits = evaluate_logits(load_checkpoint(out)[0], x)
+    return {"checkpoint": str(out), "reused": not ran, "teacher_kind": teacher_kind, "loss": spec["loss"],
+            "accuracy": metrics["accuracy"], "train_seconds": metrics.get("train_seconds"),
+            "vs_teacher": compare_logits(teacher_logits, student_logits, labels=y)}

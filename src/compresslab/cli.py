@@ -35,12 +35,12 @@ def _emit(obj: dict, as_json: bool, human) -> None:
         human(obj)
 
 
-def _console():
-    """stdout console; when piped, wide enough that tables are not truncated."""
+def _console(width: int = 120):
+    """stdout console; when piped, ``width`` columns wide so that tables are not truncated."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=120)
+    return console if console.is_terminal else Console(width=width)
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -246,6 +246,87 @@ def prune(
     _emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
 
 
+def parse_loss(text: str | None) -> dict | None:
+    """``kd=0.9,ce=0.1,at=1000`` or a YAML mapping ``{kd: 0.9, ce: 0.1}`` -> ``{term: weight}``."""
+    import yaml
+
+    if text is None:
+        return None
+    if "=" in text and not text.lstrip().startswith("{"):
+        items = [i.strip() for i in text.split(",") if i.strip()]
+        raw = parse_options(items)
+    else:
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raw = None
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"--loss {text!r}: expected weighted terms like kd=0.9,ce=0.1 or '{{kd: 0.9, ce: 0.1}}'")
+    for k, v in raw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"--loss: weight of {k!r} must be a number, got {v!r}")
+    return {str(k): float(v) for k, v in raw.items()}
+
+
+@app.command()
+def distill(
+    checkpoint: Path = typer.Argument(..., help="The teacher checkpoint directory."),
+    student: str = typer.Option(..., "--student", "-s", help="Student model name (as for `train --model`)."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset (the teacher's)."),
+    option: List[str] = typer.Option([], "--option", "-o", help="Student model option KEY=VALUE, repeatable."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Weighted terms: ce, kd, at, hint; e.g. kd=0.9,ce=0.1 (the default) or ce=1,at=1000."),
+    temperature: float = typer.Option(4.0, "--temperature", "-T", help="KD temperature."),
+    teacher_kind: str = typer.Option("teacher", "--teacher-kind", help="teacher (the checkpoint), untrained (its architecture at random init), uniform-noise or gaussian-noise (fixed random logits per example: controls)."),
+    low: float = typer.Option(0.0, "--low", help="uniform-noise: lower bound of the logits."),
+    high: float = typer.Option(1.0, "--high", help="uniform-noise: upper bound of the logits."),
+    sigma: float = typer.Option(1.0, "--sigma", help="gaussian-noise: standard deviation of the logits."),
+    at_point: List[str] = typer.Option([], "--at-point", help="Feature point for attention transfer, repeatable; STUDENT=TEACHER maps different names (default: every shared spatial point)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe for the student (default: the teacher's recipe)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
+    seed: int = typer.Option(0, "--seed", help="Student seed (init, batch order; noise and untrained teachers too)."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Distil a student from a teacher; print its accuracy and how far its function is from the teacher's.
+
+    Hinton KD by default (kd=0.9, ce=0.1, T=4). Without augmentation the teacher's
+    training-set logits (and attention maps) are computed once and reused.
+
+    \b
+    Examples:
+      compresslab distill runs/train-1a2b... --student cnn1d -o width=16 --data mnist1d
+      compresslab distill runs/train-1a2b... --student cnn1d -o width=16 --data mnist1d --loss ce=1,at=1000
+      compresslab distill runs/train-1a2b... --student cnn1d -o width=16 --data mnist1d --teacher-kind uniform-noise --json
+    """
+    from compresslab.api import distill_checkpoint
+    from compresslab.progress import RichProgress
+
+    points = None
+    if at_point:
+        pairs = [p.partition("=") for p in at_point]
+        points = {s: (t if sep else s) for s, sep, t in pairs}
+    noise = {"low": low, "high": high} if teacher_kind == "uniform-noise" else (
+        {"sigma": sigma} if teacher_kind == "gaussian-noise" else None)
+    overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+    with RichProgress(quiet=quiet) as progress:
+        result = distill_checkpoint(checkpoint, student, data, options=parse_options(option), loss=parse_loss(loss),
+                                    temperature=temperature, teacher_kind=teacher_kind, noise=noise, at_points=points,
+                                    recipe_file=recipe, overrides=overrides, seed=seed, runs=runs, progress=progress)
+
+    def human(r):
+        f = r["vs_teacher"]
+        _table(f"student from {r['teacher_kind']} ({', '.join(f'{k}={v:g}' for k, v in r['loss'].items())}), test split",
+               [("student accuracy", f"{100 * f['accuracy_b']:.2f}%"), ("teacher accuracy", f"{100 * f['accuracy_a']:.2f}%"),
+                ("disagreement", f"{100 * f['disagreement']:.2f}%"), ("JS divergence", f"{f['js_divergence']:.4f}"),
+                ("activation distance", f"{f['activation_distance']:.4f}")])
+        typer.echo(r["checkpoint"])
+
+    _emit(result, as_json, human)
+
+
 @app.command()
 def prunability(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory."),
@@ -351,17 +432,19 @@ def study(
     from compresslab.progress import RichProgress
     from compresslab.study import load_spec, run_study
 
+    from compresslab.study.kd_functional import KDFunctionalSpec, run_kd_study
     from compresslab.study.kurtosis import KurtosisSpec, run_kurtosis_study
 
     s = load_spec(spec, preset=preset)
-    kurtosis = isinstance(s, KurtosisSpec)
+    runner, printer = {KurtosisSpec: (run_kurtosis_study, _print_kurtosis),
+                       KDFunctionalSpec: (run_kd_study, _print_kd)}.get(type(s), (run_study, None))
     with RichProgress(quiet=quiet) as progress:
-        results, out = (run_kurtosis_study if kurtosis else run_study)(s, runs, progress=progress)
+        results, out = runner(s, runs, progress=progress)
     if as_json:
         typer.echo(json.dumps(results, indent=2, sort_keys=True))
         return
-    if kurtosis:
-        _print_kurtosis(results, out)
+    if printer is not None:
+        printer(results, out)
         return
     from rich.table import Table
 
@@ -392,6 +475,38 @@ def _print_kurtosis(results: dict, out: Path) -> None:
         r = "undefined" if c["spearman"] is None else f"{c['spearman']:+.3f} (p={c['p_value']:.3g})"
         typer.echo(f"Spearman(measured prunability, {k}) = {r}")
     typer.echo(results["note"])
+    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+def _print_kd(results: dict, out: Path) -> None:
+    from rich.table import Table
+
+    tested = results["spec"]["metrics"]
+    short = {"js_divergence": "JS", "activation_distance": "act.dist", "adversarial_transfer": "adv.transfer %",
+             "agreement": "agree %", "output_cosine": "cos", "cka_biased": "cka(biased)"}
+    t = Table(title=f"study {results['study']}: students vs the teacher, {results['split']} split, "
+                    f"mean [95% CI] over {len(results['spec']['seeds'])} seeds")
+    for col in ("condition", "acc %", *[short.get(m, m) for m in tested]):
+        t.add_column(col, justify="left" if col == "condition" else "right", no_wrap=True)
+
+    def cell(s, pct=False):
+        if not s:
+            return "–"
+        k, d = (100, 1) if pct else (1, 3)
+        return f"{k * s['mean']:.{d}f} [{k * s['ci_low']:.{d}f},{k * s['ci_high']:.{d}f}]"
+
+    groups = {**results["summaries"], **{f"({k})": v for k, v in results["reference_groups"].items()}}
+    for name, summ in groups.items():
+        t.add_row(name, cell(summ["accuracy"], True),
+                  *[cell(summ.get(m), m in ("agreement", "adversarial_transfer")) for m in tested])
+    _console(200).print(t)
+    typer.echo(f"teacher accuracy: {100 * results['teacher']['accuracy']:.2f}%")
+    for line in results["headline"]:
+        typer.echo(line)
+    for c, f in results["accuracy_effects"].items():
+        typer.echo(f"accuracy, {c} vs independent: {100 * f['diff']:+.2f} points "
+                   f"[{100 * f['ci_low']:+.2f}, {100 * f['ci_high']:+.2f}], p={f['p']:.3g}")
     typer.echo(f"report: {out / 'report.html'}")
     typer.echo(f"results: {out / 'results.json'}")
 

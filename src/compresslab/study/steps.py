@@ -75,15 +75,33 @@ def run_train(step: Step, out: Path, parents: dict[str, Path], callback=None) ->
     finish_model(out, model, data, extra=_history(result))
 
 
+def make_teacher(s: dict, data: Dataset, parents: dict[str, Path]):
+    """The distillation teacher of a step spec: a checkpoint (``parents["teacher"]``), or
+    ``s["teacher"]`` = ``{"kind": "untrained", "model", "seed"}`` or a noise teacher
+    ``{"kind": "uniform-noise", "low", "high", "seed"}`` / ``{"kind": "gaussian-noise", "sigma", "seed"}``."""
+    from compresslab.compress.distill import NOISE_KINDS, noise_logits
+
+    t = s.get("teacher")
+    if t is None:
+        return load_checkpoint(parents["teacher"])[0]
+    if t["kind"] == "untrained":
+        return build(t["model"], data, t["seed"]).eval()
+    if t["kind"] in NOISE_KINDS:
+        params = {k: v for k, v in t.items() if k in ("low", "high", "sigma", "seed")}
+        return noise_logits(t["kind"], data.x_train.shape[0], data.num_classes, **params)
+    raise ValueError(f"unknown teacher kind {t['kind']!r}")
+
+
 def run_distill(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
     from compresslab.compress.distill import distill
 
     s = step.spec
     data = data_of(s)
-    teacher, _ = load_checkpoint(parents["teacher"])
+    teacher = make_teacher(s, data, parents)
     student = build(s["student"], data, s["seed"])
     result = distill(teacher, student, data, Recipe(**s["recipe"]), loss=s["loss"],
-                     temperature=s["temperature"], seed=s["seed"], callback=callback)
+                     temperature=s["temperature"], at_points=s.get("at_points"), hint_points=s.get("hint_points"),
+                     seed=s["seed"], callback=callback)
     finish_model(out, student, data, extra=_history(result))
 
 

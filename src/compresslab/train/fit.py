@@ -120,7 +120,8 @@ def fit(
     try:
         if total_steps == 0:
             return FitResult(history, time.perf_counter() - t_fit, 0)
-        optimizer = recipe.make_optimizer(p for p in model.parameters() if p.requires_grad)
+        params = [p for p in model.parameters() if p.requires_grad] + loss_fn.parameters()
+        optimizer = recipe.make_optimizer(params)
         scheduler = recipe.make_scheduler(optimizer, steps_per_epoch)
         model.train()
         # Buffers (BN statistics) are updated by the forward pass; keep the previous

@@ -70,6 +70,10 @@ class Loss:
                     points.append(p)
         self.feature_points = points
 
+    def parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters owned by terms (e.g. hint regressors), trained with the model's."""
+        return [p for _, term in self.terms.values() for p in (term.parameters() if hasattr(term, "parameters") else ())]
+
     @property
     def weights(self) -> dict[str, float]:
         return {name: w for name, (w, _) in self.terms.items()}
