@@ -89,25 +89,33 @@ def test_noise_teacher_logits_are_fixed_and_in_range():
 
 
 def test_noise_teacher_gives_each_example_the_same_target_every_epoch(monkeypatch):
-    """Record the KD targets per training example over three epochs of real training."""
+    """Record the KD targets the loss receives, per training example, over three epochs."""
     import compresslab.compress.distill as D
 
     data = _data()
     fixed = noise_logits("gaussian-noise", 96, 4, seed=3)
     seen: dict[int, list[torch.Tensor]] = {}
-    original_logits = D.TeacherSignal.logits
+    batch_idx = {}
+    real_call, real_loss = D.KDTerm.__call__, D.kd_loss
 
-    def recording(self, ctx):
-        out = original_logits(self, ctx)
-        for i, row in zip(ctx.idx.tolist(), out):
-            seen.setdefault(i, []).append(row.clone())
-        return out
+    def call(self, ctx):
+        batch_idx["idx"] = ctx.idx
+        return real_call(self, ctx)
 
-    monkeypatch.setattr(D.TeacherSignal, "logits", recording)
-    distill(fixed, _cnn(8), data, Recipe(epochs=3, batch_size=32, lr=0.05), seed=0)
+    def loss(student, teacher, temperature, *, teacher_log_probs=None):
+        target = teacher_log_probs if teacher_log_probs is not None else torch.log_softmax(teacher / temperature, 1)
+        for i, row in zip(batch_idx["idx"].tolist(), target):
+            seen.setdefault(i, []).append(row.detach().clone())
+        return real_loss(student, teacher, temperature, teacher_log_probs=teacher_log_probs)
+
+    monkeypatch.setattr(D.KDTerm, "__call__", call)
+    monkeypatch.setattr(D, "kd_loss", loss)
+    distill(fixed, _cnn(8), data, Recipe(epochs=3, batch_size=32, lr=0.05), temperature=2.0, seed=0)
     assert len(seen) == 96 and all(len(v) == 3 for v in seen.values())
     for i, rows in seen.items():
-        assert all(torch.equal(r, fixed[i]) for r in rows)
+        expected = torch.log_softmax(fixed[i] / 2.0, 0)
+        assert all(torch.allclose(r, expected, atol=1e-6) for r in rows)
+        assert all(torch.equal(r, rows[0]) for r in rows)
 
 
 def test_noise_teacher_refuses_feature_terms():

@@ -30,11 +30,15 @@ from compresslab.train import FitResult, Recipe, evaluate_logits, fit
 NOISE_KINDS = ("uniform-noise", "gaussian-noise")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), batchmean (Hinton et al. 2015)."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, *,
+            teacher_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), batchmean (Hinton et al. 2015).
+
+    ``teacher_log_probs`` = log_softmax(z_t/T), when already known, replaces ``teacher_logits``.
+    """
     t = temperature
     log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    log_p_t = teacher_log_probs if teacher_log_probs is not None else F.log_softmax(teacher_logits.float() / t, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
 
 
@@ -121,8 +125,13 @@ class KDTerm:
         if not temperature > 0:
             raise UserError(f"temperature must be > 0, got {temperature}")
         self.signal, self.temperature = signal, temperature
+        # fixed teacher logits: their tempered log-probabilities are computed once, not per step
+        fixed = signal.cached_logits
+        self.log_probs = None if fixed is None else F.log_softmax(fixed.float() / temperature, dim=1)
 
     def __call__(self, ctx) -> torch.Tensor:
+        if self.log_probs is not None:
+            return kd_loss(ctx.logits, None, self.temperature, teacher_log_probs=self.log_probs[ctx.idx])
         return kd_loss(ctx.logits, self.signal.logits(ctx), self.temperature)
 
 

@@ -19,7 +19,6 @@ Outputs go to ``runs/studies/<name>-<hash12>/``: ``results.json`` and ``report.h
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import math
@@ -38,7 +37,7 @@ from pydantic import (
 )
 
 from compresslab.errors import UserError
-from compresslab.runs.store import RunStore, Step, canonical_json, read_json, write_json
+from compresslab.runs.store import RunStore, Step, canonical_json, read_json
 from compresslab.study.spec import ModelSpec
 from compresslab.train.recipe import Recipe, validation_message
 
@@ -177,11 +176,6 @@ def _note(parents: list[dict], correlations: dict) -> str:
     return " ".join(parts)
 
 
-def study_dir(spec: KurtosisSpec, runs: str | Path) -> Path:
-    h = hashlib.sha256(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()[:12]
-    return Path(runs) / "studies" / f"{spec.name}-{h}"
-
-
 def run_kurtosis_study(spec: KurtosisSpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
     """Run (or resume) the study; write ``results.json`` and ``report.html``.
 
@@ -193,7 +187,7 @@ def run_kurtosis_study(spec: KurtosisSpec, runs: str | Path = "runs", *, progres
 
     store = RunStore(runs)
     plan = expand_kurtosis(spec)
-    from compresslab.study.runner import Entry, run_steps
+    from compresslab.study.runner import Entry, publish, run_steps
 
     # parents first, then their children
     entries = [Entry(p["step"].label, "parent", "train", p["step"]) for p, _ in plan]
@@ -219,19 +213,12 @@ def run_kurtosis_study(spec: KurtosisSpec, runs: str | Path = "runs", *, progres
     results = {
         "study": spec.name,
         "kind": "kurtosis",
-        "spec": spec.model_dump(mode="json"),
         "parents": rows,
         "correlations": correlations,
         "tolerance": spec.tolerance,
         "note": _note(rows, correlations),
-        "steps": {"ran": sorted(k for k, v in ran.items() if v),
-                  "reused": sorted(k for k, v in ran.items() if not v)},
     }
-    out = study_dir(spec, store.root)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
-    write_kurtosis_report(results, out / "report.html")
-    return results, out
+    return results, publish(spec, store, results, ran, write_kurtosis_report)
 
 
 # -- report -----------------------------------------------------------------------------------

@@ -128,29 +128,38 @@ def collect(spec: StudySpec, entries: list[Entry], store: RunStore, *, with_late
     }
 
 
-def study_dir(spec: StudySpec, runs: Path) -> Path:
+def study_dir(spec, runs: str | Path) -> Path:
+    """``runs/studies/<name>-<hash12>``, the hash over the whole spec (any study kind)."""
     import hashlib
 
-    h = hashlib.sha256(canonical_json(spec.model_dump()).encode()).hexdigest()[:12]
+    h = hashlib.sha256(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()[:12]
     return Path(runs) / "studies" / f"{spec.name}-{h}"
+
+
+def publish(spec, store: RunStore, results: dict, ran: dict[str, bool], report, t0: float | None = None) -> Path:
+    """Add the spec, the steps run / reused (and wall seconds since ``t0``) to ``results``;
+    write ``results.json`` and ``report(results, path)`` as ``report.html``. Returns the directory."""
+    from compresslab.runs.store import write_json
+
+    results["spec"] = spec.model_dump(mode="json")
+    results["steps"] = {"ran": sorted(k for k, v in ran.items() if v),
+                        "reused": sorted(k for k, v in ran.items() if not v)}
+    if t0 is not None:
+        results["seconds"] = time.perf_counter() - t0
+    out = study_dir(spec, store.root)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    report(results, out / "report.html")
+    return out
 
 
 def run_study(spec: StudySpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
     """Run (or resume) a study; write ``results.json`` and ``report.html``. Returns (results, out dir)."""
     from compresslab.report import write_report
-    from compresslab.runs.store import write_json
 
     t0 = time.perf_counter()
     store = RunStore(runs)
     entries = expand(spec)
     ran = run_steps(entries, store, progress)
     results = collect(spec, entries, store, with_latency=spec.latency)
-    results["spec"] = spec.model_dump(mode="json")
-    results["steps"] = {"ran": sorted(k for k, v in ran.items() if v),
-                        "reused": sorted(k for k, v in ran.items() if not v)}
-    results["seconds"] = time.perf_counter() - t0
-    out = study_dir(spec, store.root)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
-    write_report(results, out / "report.html")
-    return results, out
+    return results, publish(spec, store, results, ran, write_report, t0)

@@ -96,13 +96,18 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None):
 
 
 def parse_spec(raw: object, *, source: str = "spec"):
-    """A :class:`StudySpec`, or a ``KurtosisSpec`` when the mapping says ``kind: kurtosis``."""
+    """A :class:`StudySpec`, or the spec of another study kind (``kind: kurtosis`` or
+    ``kind: kd-functional``)."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
     if raw.get("kind") == "kurtosis":
         from compresslab.study.kurtosis import parse_kurtosis_spec
 
         return parse_kurtosis_spec(raw, source=source)
+    if raw.get("kind") == "kd-functional":
+        from compresslab.study.kd_functional import parse_kd_spec
+
+        return parse_kd_spec(raw, source=source)
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
