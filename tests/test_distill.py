@@ -187,6 +187,8 @@ def test_distill_cli_runs_reuses_and_reports_similarity(tmp_path, capsys):
     assert main([*args, "--loss", "ce=1,at=1000", "--at-point", "stage1"]) == 0
     at = json.loads(capsys.readouterr().out)
     assert at["loss"] == {"ce": 1.0, "at": 1000.0} and at["checkpoint"] != first["checkpoint"]
+    assert main([*args, "--loss", "ce=1,hint=1", "--hint-point", "stage2=stage2"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == {"ce": 1.0, "hint": 1.0}
     assert main([*args, "--teacher-kind", "gaussian-noise", "--sigma", "2"]) == 0
     noisy = json.loads(capsys.readouterr().out)
     assert noisy["teacher_kind"] == "gaussian-noise" and noisy["checkpoint"] not in (first["checkpoint"], at["checkpoint"])

@@ -281,6 +281,7 @@ def distill(
     high: float = typer.Option(1.0, "--high", help="uniform-noise: upper bound of the logits."),
     sigma: float = typer.Option(1.0, "--sigma", help="gaussian-noise: standard deviation of the logits."),
     at_point: List[str] = typer.Option([], "--at-point", help="Feature point for attention transfer, repeatable; STUDENT=TEACHER maps different names (default: every shared spatial point)."),
+    hint_point: List[str] = typer.Option([], "--hint-point", help="Feature point for the hint term, repeatable; STUDENT=TEACHER as for --at-point (default: every shared point)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe for the student (default: the teacher's recipe)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
@@ -304,16 +305,17 @@ def distill(
     from compresslab.api import distill_checkpoint
     from compresslab.progress import RichProgress
 
-    points = None
-    if at_point:
-        pairs = [p.partition("=") for p in at_point]
-        points = {s: (t if sep else s) for s, sep, t in pairs}
+    def points(items: list[str]) -> dict | None:
+        pairs = [p.partition("=") for p in items]
+        return {s: (t if sep else s) for s, sep, t in pairs} or None
+
     noise = {"low": low, "high": high} if teacher_kind == "uniform-noise" else (
         {"sigma": sigma} if teacher_kind == "gaussian-noise" else None)
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     with RichProgress(quiet=quiet) as progress:
         result = distill_checkpoint(checkpoint, student, data, options=parse_options(option), loss=parse_loss(loss),
-                                    temperature=temperature, teacher_kind=teacher_kind, noise=noise, at_points=points,
+                                    temperature=temperature, teacher_kind=teacher_kind, noise=noise,
+                                    at_points=points(at_point), hint_points=points(hint_point),
                                     recipe_file=recipe, overrides=overrides, seed=seed, runs=runs, progress=progress)
 
     def human(r):
@@ -427,6 +429,7 @@ def study(
     \b
     Examples:
       compresslab study                 # the default study on mnist1d
+      compresslab study --preset kd-functional   # KD vs controls, 6 conditions x 5 seeds
       compresslab study my-study.yaml --runs /scratch/runs
     """
     from compresslab.progress import RichProgress
