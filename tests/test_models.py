@@ -134,29 +134,6 @@ def test_wrn_1d_and_dim_option():
         create_model("wrn1d-16-2", num_classes=10, in_channels=3, input_shape=(3, 32, 32))
 
 
-def test_wrn_block_option():
-    n_blocks = 6  # wrn-16-K: 2 blocks per group
-    build("wrn-16-1", block="Conv")
-    build("wrn-16-1", block=["Conv"] * n_blocks)
-    with pytest.raises(UserError, match="not available yet"):
-        build("wrn-16-1", block="Ghost")
-    with pytest.raises(UserError, match="6 blocks"):
-        build("wrn-16-1", block=["Conv"] * 3)
-
-
-def test_wrn_block_convs_are_pluggable(monkeypatch):
-    calls = []
-
-    def marked_conv(c_in, c_out, stride, dim):
-        calls.append((c_in, c_out, stride, dim))
-        return wrn_module.conv3x3(c_in, c_out, stride, dim)
-
-    monkeypatch.setitem(wrn_module.BLOCK_CONVS, "Marked", marked_conv)
-    build("wrn-16-1", block=["Conv", "Marked", "Conv", "Conv", "Marked", "Conv"])
-    # group1 block2 (16->16) and group3 block1 (32->64, stride 2): two convs each
-    assert calls == [(16, 16, 1, 2), (16, 16, 1, 2), (32, 64, 2, 2), (64, 64, 1, 2)]
-
-
 # --- names and options -----------------------------------------------------------------------
 
 

@@ -1,12 +1,14 @@
 """Pre-activation Wide ResNets (Zagoruyko & Komodakis 2016), any dimensionality.
 
 ``wrn-D-K`` is the 2-D network (depth D, widen factor K), ``wrn1d-D-K`` the 1-D one.
-The two 3x3 convolutions of every block come from a pluggable factory
-``conv3x3(c_in, c_out, stride, dim)`` chosen per block by the ``block`` option.
+The two 3x3 convolutions of every basic block come from a factory
+``(c_in, c_out, stride, dim) -> module`` chosen per block by the ``block`` option: the
+standard ``Conv`` or a cheap Moonshine block (:mod:`compresslab.models.blocks`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -14,6 +16,7 @@ import torch.nn as nn
 
 from compresslab.errors import UserError
 
+from .blocks import make_block, parse_block
 from .registry import register_pattern
 from .resnet import kaiming_init, nd_layers, resolve_dim
 
@@ -21,13 +24,8 @@ ConvFactory = Callable[[int, int, int, int], nn.Module]
 
 
 def conv3x3(c_in: int, c_out: int, stride: int, dim: int) -> nn.Module:
-    """The standard bias-free 3x3 convolution with padding 1."""
-    Conv, _, _ = nd_layers(dim)
-    return Conv(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-
-
-# Block kinds accepted by the ``block`` option; cheap substitutes are added here later.
-BLOCK_CONVS: dict[str, ConvFactory] = {"Conv": conv3x3}
+    """The standard bias-free 3x3 convolution with padding 1 (the ``Conv`` block)."""
+    return make_block("Conv", c_in, c_out, stride, dim)
 
 
 class PreActBlock(nn.Module):
@@ -109,13 +107,8 @@ def _block_convs(block: str | list[str], n_blocks: int) -> list[ConvFactory]:
     if len(kinds) != n_blocks:
         raise UserError(f"block lists {len(kinds)} entries but this WRN has {n_blocks} blocks; give one per block or a single string")
     for kind in kinds:
-        if kind not in BLOCK_CONVS:
-            raise UserError(
-                f"block {kind!r} is not available; cheap blocks are not available yet, use block='Conv'"
-                if len(BLOCK_CONVS) == 1
-                else f"unknown block {kind!r}; available: {', '.join(BLOCK_CONVS)}"
-            )
-    return [BLOCK_CONVS[k] for k in kinds]
+        parse_block(kind)  # a clear error for an unknown name before anything is built
+    return [functools.partial(make_block, kind) for kind in kinds]
 
 
 def _build(depth, widen_factor, num_classes, in_channels, input_shape, dim, block, label) -> WideResNet:
@@ -139,8 +132,10 @@ def wrn(
 ) -> WideResNet:
     """WRN-depth-widen_factor. ``dim`` (1/2/3) defaults to input_shape's, else 2.
 
-    ``block`` names the 3x3 conv kind of every block (one string) or of each
-    block in order (a list of (depth-4)/2 strings).
+    ``block`` names the block (see :mod:`compresslab.models.blocks`: Conv, ConvB2,
+    G8B2, DConv, ...) that replaces *both* 3x3 convolutions of every basic block (one
+    string), or of each basic block in order (a list of (depth-4)/6·3 strings). The stem,
+    the 1x1 shortcuts and the classifier are unchanged.
     """
     return _build(depth, widen_factor, num_classes, in_channels, input_shape, dim, block, f"wrn-{depth}-{widen_factor}")
 
