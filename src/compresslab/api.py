@@ -296,3 +296,29 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
     return {"checkpoint": str(out), "reused": not ran, "teacher_kind": teacher_kind, "loss": spec["loss"],
             "accuracy": metrics["accuracy"], "train_seconds": metrics.get("train_seconds"),
             "vs_teacher": compare_logits(teacher_logits, student_logits, labels=y)}
+
+
+def substitute_checkpoint(checkpoint: Path, block: str, data: str, *, mode: str = "at", beta: float = 1000.0,
+                          epochs: int | None = None, seed: int = 0, runs: str | Path = "runs", progress=None) -> dict:
+    """Moonshine: the teacher's WRN with every 3x3 conv replaced by ``block``, trained with the
+    teacher's recipe by ``mode`` (``scratch``, ``at`` or ``at+kd``)."""
+    from compresslab.measure import count_params
+    from compresslab.models.blocks import parse_block
+    from compresslab.runs.checkpoint import load_checkpoint, read_model_json
+    from compresslab.study.moonshine import KD, MODES, mode_loss
+
+    if mode not in MODES:
+        raise UserError(f"--loss {mode!r}: use one of {', '.join(MODES)}")
+    parse_block(block)
+    cfg = read_model_json(checkpoint)["model"]
+    if not cfg["name"].startswith(("wrn-", "wrn1d-")):
+        raise UserError(f"{checkpoint} is a {cfg['name']}; substitute needs a Wide ResNet teacher (wrn-D-K or wrn1d-D-K)")
+    options = {**cfg.get("options", {}), "block": block}
+    result = distill_checkpoint(checkpoint, cfg["name"], data, options=options, loss=mode_loss(mode, beta, KD()),
+                                at_points=["group1", "group2", "group3"] if mode != "scratch" else None,
+                                overrides={"epochs": epochs} if epochs else None, seed=seed, runs=runs,
+                                progress=progress)
+    result["params"] = count_params(load_checkpoint(result["checkpoint"])[0])
+    result["teacher_params"] = count_params(load_checkpoint(checkpoint)[0])
+    result["block"], result["mode"] = block, mode
+    return result

@@ -330,6 +330,47 @@ def distill(
 
 
 @app.command()
+def substitute(
+    checkpoint: Path = typer.Argument(..., help="The teacher: a trained WRN checkpoint (wrn-D-K or wrn1d-D-K)."),
+    block: str = typer.Option(..., "--block", "-b", help="Cheap block for every 3x3 conv: ConvB{b}, G{g}B{b}, A{a}B{b}, DConv, DConvG{g}, DConvA{a}, DConvB{b} (b, g, a in 2, 4, 8, 16), e.g. G8B2."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset (the teacher's)."),
+    loss: str = typer.Option("at", "--loss", help="scratch (CE only), at (CE + attention transfer, beta 1000 on each group), or at+kd (plus Hinton KD)."),
+    beta: float = typer.Option(1000.0, "--beta", help="Attention-transfer weight."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the teacher's recipe's epochs."),
+    seed: int = typer.Option(0, "--seed", help="Student seed."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Moonshine: make one cheap student of a WRN teacher (same architecture, every 3x3 conv a cheap block).
+
+    The student uses the teacher's recipe. With --loss at it learns from the teacher's
+    attention maps at the outputs of the three groups.
+
+    \b
+    Example:
+      compresslab substitute runs/train-1a2b... --block G8B2 --data mnist1d
+      compresslab substitute runs/train-1a2b... --block DConvB2 --data mnist1d --loss scratch --json
+    """
+    from compresslab.api import substitute_checkpoint
+    from compresslab.progress import RichProgress
+
+    with RichProgress(quiet=quiet) as progress:
+        result = substitute_checkpoint(checkpoint, block, data, mode=loss, beta=beta, epochs=epochs, seed=seed,
+                                       runs=runs, progress=progress)
+
+    def human(r):
+        f = r["vs_teacher"]
+        _table(f"{block} student ({loss}), test split",
+               [("params", f"{r['params']:,} (teacher {r['teacher_params']:,})"),
+                ("student accuracy", f"{100 * f['accuracy_b']:.2f}%"), ("teacher accuracy", f"{100 * f['accuracy_a']:.2f}%"),
+                ("agreement", f"{100 * f['agreement']:.2f}%")])
+        typer.echo(r["checkpoint"])
+
+    _emit(result, as_json, human)
+
+
+@app.command()
 def prunability(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory."),
     scope: str = typer.Option("all", "--scope", help="all (weights and biases of conv, linear, norm) or weights."),
@@ -437,10 +478,12 @@ def study(
 
     from compresslab.study.kd_functional import KDFunctionalSpec, run_kd_study
     from compresslab.study.kurtosis import KurtosisSpec, run_kurtosis_study
+    from compresslab.study.moonshine import MoonshineSpec, run_moonshine_study
 
     s = load_spec(spec, preset=preset)
     runner, printer = {KurtosisSpec: (run_kurtosis_study, _print_kurtosis),
-                       KDFunctionalSpec: (run_kd_study, _print_kd)}.get(type(s), (run_study, None))
+                       KDFunctionalSpec: (run_kd_study, _print_kd),
+                       MoonshineSpec: (run_moonshine_study, _print_moonshine)}.get(type(s), (run_study, None))
     with RichProgress(quiet=quiet) as progress:
         results, out = runner(s, runs, progress=progress)
     if as_json:
@@ -510,6 +553,22 @@ def _print_kd(results: dict, out: Path) -> None:
     for c, f in results["accuracy_effects"].items():
         typer.echo(f"accuracy, {c} vs independent: {100 * f['diff']:+.2f} points "
                    f"[{100 * f['ci_low']:+.2f}, {100 * f['ci_high']:+.2f}], p={f['p']:.3g}")
+    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+def _print_moonshine(results: dict, out: Path) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"study {results['study']}: cheap-convolution students, {results['split']} split")
+    for col in ("block", "mode", "params", "MACs", "ms@256", "error %", "pareto", "agree %"):
+        t.add_column(col, justify="left" if col in ("block", "mode") else "right", no_wrap=True)
+    for r in [results["teacher"], *sorted(results["students"], key=lambda r: r["cost"]["params"])]:
+        lat = (r["cost"].get("latency_ms") or {}).get("batch256")
+        t.add_row(r["block"], r["mode"], _short(r["cost"]["params"]), _short(r["cost"]["macs"]),
+                  "–" if lat is None else f"{lat:.2f}", f"{100 * r['error']:.2f}", "*" if r.get("pareto") else "",
+                  f"{100 * r['function']['agreement']:.2f}")
+    _console().print(t)
     typer.echo(f"report: {out / 'report.html'}")
     typer.echo(f"results: {out / 'results.json'}")
 

@@ -96,8 +96,8 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None):
 
 
 def parse_spec(raw: object, *, source: str = "spec"):
-    """A :class:`StudySpec`, or the spec of another study kind (``kind: kurtosis`` or
-    ``kind: kd-functional``)."""
+    """A :class:`StudySpec`, or the spec of another study kind (``kind: kurtosis``,
+    ``kd-functional`` or ``moonshine``)."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
     if raw.get("kind") == "kurtosis":
@@ -108,6 +108,10 @@ def parse_spec(raw: object, *, source: str = "spec"):
         from compresslab.study.kd_functional import parse_kd_spec
 
         return parse_kd_spec(raw, source=source)
+    if raw.get("kind") == "moonshine":
+        from compresslab.study.moonshine import parse_moonshine_spec
+
+        return parse_moonshine_spec(raw, source=source)
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:

@@ -1,0 +1,173 @@
+"""The ``moonshine`` study: a family of cheap-convolution students of one WRN teacher.
+
+Moonshine (Crowley, Gray & Storkey, NeurIPS 2018): the student is the teacher's own
+architecture with both 3x3 convolutions of every basic block replaced by a cheap block
+(:mod:`compresslab.models.blocks`), trained with the teacher's hyperparameters. For each
+block in ``blocks`` and each training ``mode``:
+
+- ``scratch``: cross-entropy only;
+- ``at``: CE + attention transfer from the teacher (β on each group output);
+- ``at+kd``: CE + AT + Hinton KD (``kd.alpha``, ``kd.temperature``).
+
+Each student reports params, MACs, bytes, measured latency (every model side by side at
+collect time), test error and every output metric against the teacher; the report plots
+params against error with the Pareto frontier marked.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compresslab.errors import UserError
+from compresslab.runs.store import RunStore, Step, read_json
+from compresslab.study.spec import ModelSpec
+from compresslab.train.recipe import Recipe, validation_message
+
+MODES = ("scratch", "at", "at+kd")
+
+
+class KD(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(0.9, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0)
+
+
+class MoonshineSpec(BaseModel):
+    """A Moonshine study (``kind: moonshine``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["moonshine"]
+    name: str = "moonshine"
+    data: str = "mnist1d"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    teacher: ModelSpec = Field(description="a WRN (wrn-D-K or wrn1d-D-K) with the standard Conv blocks")
+    recipe: Recipe = Field(default_factory=Recipe, description="teacher and students alike")
+    blocks: list[str] = Field(min_length=1)
+    modes: list[Literal[MODES]] = Field(default_factory=lambda: ["scratch", "at"], min_length=1)
+    beta: float = Field(1000.0, gt=0, description="attention-transfer weight")
+    at_points: list[str] = Field(default_factory=lambda: ["group1", "group2", "group3"])
+    kd: KD = Field(default_factory=KD)
+    latency: bool = True
+    split: Literal["val", "test"] = "test"
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks(cls, v: list[str]) -> list[str]:
+        from compresslab.models.blocks import parse_block
+
+        for name in v:
+            try:
+                parse_block(name)
+            except UserError as e:
+                raise ValueError(str(e)) from None
+        if len(set(v)) != len(v):
+            raise ValueError("blocks must be distinct")
+        return v
+
+    @field_validator("teacher")
+    @classmethod
+    def _wrn(cls, v: ModelSpec) -> ModelSpec:
+        if not v.name.startswith(("wrn-", "wrn1d-")):
+            raise ValueError(f"the teacher must be a Wide ResNet (wrn-D-K or wrn1d-D-K), got {v.name!r}")
+        if v.options.get("block", "Conv") != "Conv":
+            raise ValueError("the teacher uses the standard Conv blocks; put cheap blocks under 'blocks'")
+        return v
+
+
+def parse_moonshine_spec(raw: object, *, source: str = "moonshine spec") -> MoonshineSpec:
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
+    try:
+        return MoonshineSpec.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(validation_message(err, source)) from None
+
+
+def mode_loss(mode: str, beta: float, kd: KD) -> dict[str, float]:
+    """The loss weights of a training mode."""
+    if mode == "at":
+        return {"ce": 1.0, "at": beta}
+    if mode == "at+kd":
+        return {"kd": kd.alpha, "ce": 1.0 - kd.alpha, "at": beta}
+    return {"ce": 1.0}
+
+
+def expand_moonshine(spec: MoonshineSpec) -> tuple[Step, list[dict]]:
+    """``(teacher train step, students)``; a student is ``{"name", "block", "mode", "step"}``."""
+    data = {"name": spec.data, "val_fraction": spec.val_fraction, "seed": spec.seed}
+    recipe = spec.recipe.model_dump()
+    teacher_model = spec.teacher.model_dump()
+    teacher = Step("train", {"data": data, "model": teacher_model, "recipe": recipe, "seed": spec.seed},
+                   label="teacher")
+    students = []
+    for block in spec.blocks:
+        # the Conv student has exactly the teacher's spec: its scratch run is the teacher's step
+        options = dict(spec.teacher.options) if block == "Conv" else {**spec.teacher.options, "block": block}
+        model = {"name": spec.teacher.name, "options": options}
+        for mode in spec.modes:
+            name = f"{block}-{mode}"
+            if mode == "scratch":
+                step = Step("train", {"data": data, "model": model, "recipe": recipe, "seed": spec.seed}, label=name)
+            else:
+                step = Step("distill", {"data": data, "student": model, "seed": spec.seed,
+                                        "temperature": spec.kd.temperature, "recipe": recipe,
+                                        "loss": mode_loss(mode, spec.beta, spec.kd), "at_points": spec.at_points},
+                            parents={"teacher": teacher}, label=name)
+            students.append({"name": name, "block": block, "mode": mode, "step": step})
+    return teacher, students
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated in (params, error), both minimised, by params."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def run_moonshine_study(spec: MoonshineSpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
+    """Run (or resume) the study; write ``results.json`` and ``report.html``."""
+    import numpy as np
+
+    from compresslab.measure import compare_logits, latency
+    from compresslab.report.moonshine import write_moonshine_report
+    from compresslab.runs.checkpoint import load_checkpoint
+    from compresslab.study.runner import Entry, publish, run_steps
+    from compresslab.study.steps import data_of
+
+    t0 = time.perf_counter()
+    store = RunStore(runs)
+    teacher, students = expand_moonshine(spec)
+    entries = [Entry("teacher", "parent", "train", teacher),
+               *(Entry(s["name"], "child", s["step"].kind, s["step"]) for s in students)]
+    ran = run_steps(entries, store, progress)
+    data = data_of(teacher.spec)
+    t_logits = np.load(store.path(teacher) / f"logits_{spec.split}.npy")
+    rows = []
+    for s in [{"name": "teacher", "block": "Conv", "mode": "teacher", "step": teacher}, *students]:
+        d = store.path(s["step"])
+        metrics = read_json(d / "metrics.json")
+        cost = dict(metrics["cost"])
+        if spec.latency:
+            cost["latency_ms"] = latency(load_checkpoint(d)[0], data.input_shape)
+        acc = metrics["accuracy"][spec.split]
+        rows.append({"name": s["name"], "block": s["block"], "mode": s["mode"], "step": d.name,
+                     "accuracy": acc, "error": 1.0 - acc, "cost": cost,
+                     "function": compare_logits(t_logits, np.load(d / f"logits_{spec.split}.npy")),
+                     "train_seconds": metrics.get("train_seconds")})
+    front = pareto_front([(r["cost"]["params"], r["error"]) for r in rows[1:]])
+    for i, r in enumerate(rows[1:]):
+        r["pareto"] = i in front
+    results = {"study": spec.name, "kind": "moonshine", "split": spec.split,
+               "data": {"name": data.name, "sizes": data.sizes(), "input_shape": list(data.input_shape),
+                        "notes": data.notes},
+               "teacher": rows[0], "students": rows[1:]}
+    return results, publish(spec, store, results, ran, write_moonshine_report, t0)
