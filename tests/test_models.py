@@ -19,7 +19,6 @@ from compresslab.models import (
     list_models,
     model_config,
 )
-from compresslab.models import wrn as wrn_module
 
 @pytest.fixture(autouse=True)
 def single_thread():
