@@ -20,6 +20,7 @@ from compresslab.models import (
     model_config,
 )
 
+
 @pytest.fixture(autouse=True)
 def single_thread():
     """Tiny tensors: one thread avoids OpenMP contention on a busy 2-core machine."""
