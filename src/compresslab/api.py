@@ -322,3 +322,68 @@ def substitute_checkpoint(checkpoint: Path, block: str, data: str, *, mode: str 
     result["teacher_params"] = count_params(load_checkpoint(checkpoint)[0])
     result["block"], result["mode"] = block, mode
     return result
+
+
+def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples: int = 1000,
+                         blocks: list[str] | None = None, batch: int = 128, seed: int = 0,
+                         csv_path: Path | None = None, distill: bool = True, validate: int = 0,
+                         validate_epochs: int | None = None, runs: str | Path = "runs", progress=None) -> dict:
+    """BlockSwap on a WRN teacher: sample block mixes on a parameter budget, rank them by Fisher
+    potential at initialisation on one minibatch, save every candidate as CSV, then (``distill``)
+    train the best with attention transfer from the teacher. ``validate`` > 0 trains that many
+    candidates, spread over the score ranking, with CE and reports the Spearman correlation
+    between Fisher potential and their test accuracy."""
+    import time
+
+    from compresslab.compress.search import search, write_csv
+    from compresslab.runs.checkpoint import read_model_json
+    from compresslab.study.steps import dataset
+
+    cfg = read_model_json(checkpoint)["model"]
+    name = cfg["name"]
+    if not name.startswith(("wrn-", "wrn1d-")):
+        raise UserError(f"{checkpoint} is a {name}; blockswap needs a Wide ResNet teacher (wrn-D-K or wrn1d-D-K)")
+    if samples < 1 or batch < 2:
+        raise UserError("--samples must be >= 1 and --batch >= 2")
+    depth, widen = (int(v) for v in name.split("-")[1:3])
+    dim = 1 if name.startswith("wrn1d") else 2
+    blocks = blocks or ["Conv", "ConvB2", "ConvB4", "G4B2", "G8B2", "A2B2", "DConv", "DConvB2", "DConvB4"]
+    ds = dataset(data, 0.1, seed)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(ds.x_train.shape[0], generator=g)[:batch]
+    bar = progress.task(f"blockswap: score {samples} candidates") if progress else nullcontext(None)
+    with bar as callback:
+        if callback is not None:
+            callback({"event": "start", "epochs": 1, "steps_per_epoch": samples, "total_steps": samples})
+        tick = (lambda i, n: callback({"event": "step", "epoch": 1, "step": i, "loss": 0.0, "acc": 0.0,
+                                       "samples_per_s": 0.0})) if callback else None
+        result = search(depth, widen, blocks, budget, ds.x_train[idx], ds.y_train[idx], samples=samples, dim=dim,
+                        in_channels=cfg["in_channels"], num_classes=cfg["num_classes"], seed=seed, progress=tick)
+    csv_path = Path(csv_path) if csv_path else Path(runs) / "blockswap" / f"{name}-{int(budget)}-s{seed}.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    result["csv"] = str(write_csv(result, csv_path))
+    out = {k: v for k, v in result.items() if k != "candidates"}
+    out["n_candidates"] = len(result["candidates"])
+    if validate:
+        from scipy.stats import spearmanr
+
+        ranked = sorted(result["candidates"], key=lambda c: -c["score"])
+        picks = [ranked[round(i * (len(ranked) - 1) / max(1, validate - 1))] for i in range(min(validate, len(ranked)))]
+        t0 = time.perf_counter()
+        trained = []
+        for c in picks:
+            r = train_model(name, data, options={"block": c["genotype"]}, seed=seed, runs=runs, progress=progress,
+                            overrides={**_parent_recipe(checkpoint).model_dump(),
+                                       **({"epochs": validate_epochs} if validate_epochs else {})})
+            trained.append({**c, "accuracy": r["accuracy"]["test"]})
+        rho, p = spearmanr([c["score"] for c in trained], [c["accuracy"] for c in trained]) if len(trained) > 2 \
+            else (None, None)
+        out["validation"] = {"candidates": trained, "spearman": None if rho is None or rho != rho else float(rho),
+                             "p_value": None if p is None or p != p else float(p),
+                             "seconds": time.perf_counter() - t0}
+    if distill:
+        student = distill_checkpoint(checkpoint, name, data, options={"block": result["best"]},
+                                     loss={"ce": 1.0, "at": 1000.0}, at_points=["group1", "group2", "group3"],
+                                     seed=seed, runs=runs, progress=progress)
+        out["student"] = {k: student[k] for k in ("checkpoint", "accuracy", "vs_teacher", "reused")}
+    return out

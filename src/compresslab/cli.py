@@ -370,6 +370,71 @@ def substitute(
     _emit(result, as_json, human)
 
 
+def parse_count(text: str) -> float:
+    """``200k`` / ``1.5M`` / ``250000`` -> a number."""
+    t = text.strip().lower()
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        raise UserError(f"--budget {text!r}: expected a parameter count like 200k, 1.5M or 250000") from None
+    if value <= 0:
+        raise UserError(f"--budget {text!r}: must be positive")
+    return value
+
+
+@app.command()
+def blockswap(
+    checkpoint: Path = typer.Argument(..., help="The teacher: a trained WRN checkpoint (wrn-D-K or wrn1d-D-K)."),
+    budget: str = typer.Option(..., "--budget", help="Parameter budget of the student, e.g. 200k or 1.5M (±2.5%)."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset (the teacher's); one minibatch scores candidates."),
+    samples: int = typer.Option(1000, "--samples", help="Candidates to sample on the budget."),
+    block: List[str] = typer.Option([], "--block", "-b", help="Block types to mix, repeatable (default: Conv ConvB2 ConvB4 G4B2 G8B2 A2B2 DConv DConvB2 DConvB4)."),
+    batch: int = typer.Option(128, "--batch", help="Minibatch size for the Fisher potential."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Where to save every candidate with its score (default: RUNS/blockswap/...)."),
+    distill_best: bool = typer.Option(True, "--distill/--no-distill", help="Train the best candidate with attention transfer from the teacher."),
+    validate: int = typer.Option(0, "--validate", help="Also train this many candidates across the score ranking (CE) and report the Spearman correlation of score and accuracy."),
+    validate_epochs: Optional[int] = typer.Option(None, "--validate-epochs", help="Epochs for --validate (default: the teacher's recipe)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling, initialisation and the minibatch."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """BlockSwap: choose a mix of cheap blocks on a parameter budget by Fisher potential at initialisation.
+
+    Samples block mixes within ±2.5% of the budget (params counted in closed form), scores
+    each untrained candidate on one minibatch, saves all candidates as CSV, and trains the
+    best with attention transfer from the teacher.
+
+    \b
+    Example:
+      compresslab blockswap runs/train-1a2b... --budget 100k --samples 1000 --data mnist1d
+      compresslab blockswap runs/train-1a2b... --budget 100k --samples 200 --data mnist1d --validate 8 --json
+    """
+    from compresslab.api import blockswap_checkpoint
+    from compresslab.progress import RichProgress
+
+    with RichProgress(quiet=quiet) as progress:
+        result = blockswap_checkpoint(checkpoint, data, budget=parse_count(budget), samples=samples,
+                                      blocks=block or None, batch=batch, seed=seed, csv_path=csv_path,
+                                      distill=distill_best, validate=validate, validate_epochs=validate_epochs,
+                                      runs=runs, progress=progress)
+
+    def human(r):
+        rows = [("candidates", f"{r['n_candidates']:,} ({r['draws']:,} draws)"),
+                ("search time", f"{r['seconds']['total']:.1f} s (scoring {r['seconds']['scoring']:.1f} s)"),
+                ("best", "-".join(r["best"])), ("best params", f"{r['best_params']:,}"), ("CSV", r["csv"])]
+        if "validation" in r:
+            v = r["validation"]
+            rows.append(("Spearman(score, accuracy)", "undefined" if v["spearman"] is None else
+                         f"{v['spearman']:+.2f} (p={v['p_value']:.2g}, n={len(v['candidates'])})"))
+        if "student" in r:
+            rows.append(("student accuracy (AT)", f"{100 * r['student']['accuracy']['test']:.2f}%"))
+        _table("BlockSwap", rows)
+
+    _emit(result, as_json, human)
+
+
 @app.command()
 def prunability(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory."),
