@@ -89,3 +89,22 @@ def test_mixed_network_and_1d_wrn():
         create_model("wrn-16-1", num_classes=10, in_channels=3, block=["Conv"] * 3)
     with pytest.raises(UserError, match="unknown block"):
         create_model("wrn-16-1", num_classes=10, in_channels=3, block="Ghost")
+
+
+@pytest.mark.parametrize("name", ["DConv+lowrank8", "DConvB2+acdc2", "DConv+shuffle4", "DConvG4+hashed0.25",
+                                  "DConvA2+lowrank4"])
+@pytest.mark.parametrize("dim", [1, 2])
+def test_structured_pointwise_after_the_depthwise_conv(name, dim):
+    block = make_block(name, 32, 64, 2, dim)
+    x = torch.randn(2, 32, *([8] * dim))
+    assert block(x).shape == (2, 64, *([4] * dim))
+    assert n_params(block) == block_params(name, 32, 64, dim)
+    assert block_params(name, 32, 64, dim) < block_params(name.split("+")[0], 32, 64, dim)
+    net = create_model("wrn1d-16-2", num_classes=10, in_channels=1, input_shape=(1, 40), block=name)
+    assert net(torch.randn(2, 1, 40)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("bad", ["Conv+lowrank8", "G8B2+acdc2", "DConv+fft4", "DConv+lowrank0", "DConv+hashed2"])
+def test_structured_pointwise_errors(bad):
+    with pytest.raises(UserError):
+        parse_block(bad)

@@ -18,6 +18,11 @@ block's own output has no BN (the surrounding residual block supplies it). With
 
 b, g and a range over {2, 4, 8, 16}. :func:`block_params` gives each block's parameter
 count in closed form (used by the BlockSwap sampler instead of building networks).
+
+A DConv-family block may replace its final pointwise (1x1) map, the one after the
+depthwise conv, with a structured substitute (:mod:`compresslab.models.linear_subs`):
+``DConv+lowrank8`` (rank 8), ``DConvB2+acdc4`` (4 ACDC layers), ``DConv+shuffle4`` (4
+groups), ``DConv+hashed0.25`` (HashedNet budget 0.25).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import torch.nn as nn
 
 from compresslab.errors import UserError
 
+from .linear_subs import KINDS, check_setting, make_pointwise, pointwise_params
 from .resnet import nd_layers
 
 FACTORS = (2, 4, 8, 16)
@@ -44,10 +50,24 @@ class BlockSpec:
     depthwise: bool = False  # DConv family: the 3x3 runs on the input (or mid) channels before the 1x1
     per_group: int | None = None  # g: channels per group
     groups: int | None = None  # a: number of groups
+    pointwise: tuple[str, float] | None = None  # structured substitute for the final 1x1
+
+
+_SUB = re.compile(r"^(?P<kind>lowrank|acdc|shuffle|hashed)(?P<value>\d+(?:\.\d+)?)$")
 
 
 def parse_block(name: str) -> BlockSpec:
     """``"G8B2"`` -> BlockSpec; UserError for unknown names or factors outside {2, 4, 8, 16}."""
+    base, plus, sub = str(name).partition("+")
+    if plus:
+        spec = parse_block(base)
+        m = _SUB.match(sub)
+        if not spec.depthwise or not m:
+            raise UserError(f"block {name!r}: a pointwise substitute follows a DConv-family block, written "
+                            "BASE+KINDVALUE, e.g. DConv+lowrank8, DConvB2+acdc4, DConv+shuffle4, DConv+hashed0.25")
+        value = float(m["value"]) if m["kind"] == "hashed" else int(float(m["value"]))
+        check_setting(m["kind"], {KINDS[m["kind"]]: value})
+        return BlockSpec(str(name), spec.bottleneck, spec.depthwise, spec.per_group, spec.groups, (m["kind"], value))
     m = _PATTERN.match(str(name))
     if not m:
         raise UserError(f"unknown block {name!r}; use Conv, ConvB{{b}}, G{{g}}B{{b}}, A{{a}}B{{b}}, DConv, "
@@ -99,27 +119,40 @@ def make_block(name: str, c_in: int, c_out: int, stride: int, dim: int) -> nn.Mo
 
     if spec.name == "Conv":
         return conv3(c_in, c_out, 1, stride)
+    def pointwise(c, c2):
+        if spec.pointwise is None:
+            return Conv(c, c2, 1, bias=False)
+        kind, value = spec.pointwise
+        return make_pointwise(kind, c, c2, **{KINDS[kind]: value})
+
     if spec.depthwise and spec.bottleneck == 1:  # DConv, DConvG{g}, DConvA{a}
         g = _groups(spec, c_in, "(input)")
-        return nn.Sequential(conv3(c_in, c_in, g, stride), *bn_relu(c_in), Conv(c_in, c_out, 1, bias=False))
+        return nn.Sequential(conv3(c_in, c_in, g, stride), *bn_relu(c_in), pointwise(c_in, c_out))
     mid = _mid(spec, c_out)
     g = _groups(spec, mid, "(bottleneck)")
     return nn.Sequential(Conv(c_in, mid, 1, bias=False), *bn_relu(mid), conv3(mid, mid, g, stride), *bn_relu(mid),
-                         Conv(mid, c_out, 1, bias=False))
+                         pointwise(mid, c_out))
 
 
 def block_params(name: str, c_in: int, c_out: int, dim: int) -> int:
     """Closed-form parameter count of :func:`make_block` (BN: weight and bias per channel)."""
     spec = parse_block(name)
     k = 3 ** dim
+
+    def pointwise(c, c2):
+        if spec.pointwise is None:
+            return c * c2
+        kind, value = spec.pointwise
+        return pointwise_params(kind, c, c2, **{KINDS[kind]: value})
+
     if spec.name == "Conv":
         return c_in * c_out * k
     if spec.depthwise and spec.bottleneck == 1:
         g = _groups(spec, c_in, "(input)")
-        return c_in * (c_in // g) * k + 2 * c_in + c_in * c_out
+        return c_in * (c_in // g) * k + 2 * c_in + pointwise(c_in, c_out)
     mid = _mid(spec, c_out)
     g = _groups(spec, mid, "(bottleneck)")
-    return c_in * mid + 2 * mid + mid * (mid // g) * k + 2 * mid + mid * c_out
+    return c_in * mid + 2 * mid + mid * (mid // g) * k + 2 * mid + pointwise(mid, c_out)
 
 
 def all_blocks() -> list[str]:
