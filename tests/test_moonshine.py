@@ -85,3 +85,26 @@ def test_presets_parse_and_every_block_fits_the_teacher(preset):
     dim_shape = (1, 40) if spec.teacher.name.startswith("wrn1d") else (1, 28, 28)
     for block in spec.blocks:  # every block must divide every width of this teacher
         create_model(spec.teacher.name, num_classes=10, in_channels=1, input_shape=dim_shape, block=block)
+
+
+def test_linear_substitution_fits_budgets_and_runs_through_the_cli(tmp_path, capsys):
+    from compresslab.measure import count_params
+    from compresslab.models import create_model
+    from compresslab.study.linear_substitution import fitted_blocks, parse_linear_spec
+
+    raw = {"kind": "linear-substitution", "name": "tiny-linear", "data": "mnist1d", "teacher": {"name": "wrn1d-10-1"},
+           "recipe": TINY["recipe"], "budgets": [6000], "compare": ["DConvB2"], "latency": False}
+    spec = parse_linear_spec(raw)
+    fitted = fitted_blocks(spec)
+    assert {f["kind"] for f in fitted} == {"lowrank", "acdc", "shuffle", "hashed"}
+    for f in fitted:  # the closed-form count is the built network's, and within the budget
+        net = create_model("wrn1d-10-1", num_classes=10, in_channels=1, input_shape=(1, 40), block=f["block"])
+        assert count_params(net) == f["params"] <= 6000
+    path = tmp_path / "l.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["study", str(path), "--runs", str(tmp_path / "runs"), "--quiet", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {s["block"] for s in r["students"]} == {"DConvB2", "DConv", *(f["block"] for f in fitted)}
+    assert len(r["substitutes"]) == len(fitted)
+    with pytest.raises(UserError, match="DConv-family"):
+        fitted_blocks(parse_linear_spec({**raw, "base": "G8B2"}))

@@ -543,12 +543,14 @@ def study(
 
     from compresslab.study.kd_functional import KDFunctionalSpec, run_kd_study
     from compresslab.study.kurtosis import KurtosisSpec, run_kurtosis_study
+    from compresslab.study.linear_substitution import LinearSubstitutionSpec, run_linear_study
     from compresslab.study.moonshine import MoonshineSpec, run_moonshine_study
 
     s = load_spec(spec, preset=preset)
     runner, printer = {KurtosisSpec: (run_kurtosis_study, _print_kurtosis),
                        KDFunctionalSpec: (run_kd_study, _print_kd),
-                       MoonshineSpec: (run_moonshine_study, _print_moonshine)}.get(type(s), (run_study, None))
+                       MoonshineSpec: (run_moonshine_study, _print_moonshine),
+                       LinearSubstitutionSpec: (run_linear_study, _print_moonshine)}.get(type(s), (run_study, None))
     with RichProgress(quiet=quiet) as progress:
         results, out = runner(s, runs, progress=progress)
     if as_json:

@@ -54,6 +54,12 @@ def write_moonshine_report(results: dict, path: str | Path) -> Path:
     rows = _row(results["teacher"]) + "".join(_row(r) for r in sorted(results["students"],
                                                                         key=lambda r: r["cost"]["params"]))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in results["data"]["notes"]) or "<li>none</li>"
+    fitted = "".join(f"<tr><td>{html.escape(f['block'])}</td><td>{html.escape(f['kind'])}</td><td>{f['budget']:,}</td>"
+                     f"<td>{html.escape(str(f['hp']))}</td><td>{f['params']:,}</td></tr>"
+                     for f in results.get("substitutes", []))
+    if fitted:
+        fitted = ("<h2>Structured pointwise substitutes fitted to the budgets</h2><table><tr><th>block</th><th>kind</th>"
+                  f"<th>budget</th><th>setting</th><th>params</th></tr>{fitted}</table>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(results['study'])}</title>
 <style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}
@@ -68,6 +74,7 @@ distance compare each student's outputs with the teacher's.</p>
 <img alt="params against error" src="{plot_pareto(results)}">
 <table><tr><th>block</th><th>mode</th><th>params</th><th>MACs</th><th>ms @256</th><th>error (%)</th><th>Pareto</th>
 <th>agree (%)</th><th>JS</th><th>act. dist</th></tr>{rows}</table>
+{fitted}
 <p>Notes on the data:</p><ul>{notes}</ul>
 <p>Steps run: {len(results['steps']['ran'])}, reused: {len(results['steps']['reused'])}.
 Wall time {results.get('seconds', 0):.1f} s.</p></body></html>

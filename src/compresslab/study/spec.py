@@ -97,7 +97,7 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None):
 
 def parse_spec(raw: object, *, source: str = "spec"):
     """A :class:`StudySpec`, or the spec of another study kind (``kind: kurtosis``,
-    ``kd-functional`` or ``moonshine``)."""
+    ``kd-functional``, ``moonshine`` or ``linear-substitution``)."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
     if raw.get("kind") == "kurtosis":
@@ -112,6 +112,10 @@ def parse_spec(raw: object, *, source: str = "spec"):
         from compresslab.study.moonshine import parse_moonshine_spec
 
         return parse_moonshine_spec(raw, source=source)
+    if raw.get("kind") == "linear-substitution":
+        from compresslab.study.linear_substitution import parse_linear_spec
+
+        return parse_linear_spec(raw, source=source)
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
