@@ -108,3 +108,14 @@ def test_fit_budget_is_tight():
 def test_bad_settings(kind, hp, message):
     with pytest.raises(UserError, match=message):
         make_pointwise(kind, 4, 4, **hp)
+
+
+def test_cost_counts_structured_maps():
+    from compresslab.measure import count_macs
+
+    net = torch.nn.Sequential(make_pointwise("conv", 8, 16))
+    assert count_macs(net, (8, 5)) == 8 * 16 * 5
+    assert count_macs(torch.nn.Sequential(make_pointwise("lowrank", 8, 16, rank=2)), (8, 5)) == (8 * 2 + 2 * 16) * 5
+    assert count_macs(torch.nn.Sequential(make_pointwise("shuffle", 8, 16, groups=4)), (8, 3)) == (32 + 64) * 3
+    assert count_macs(torch.nn.Sequential(make_pointwise("hashed", 8, 16, budget=0.1)), (8, 3)) == 8 * 16 * 3
+    assert count_macs(torch.nn.Sequential(make_pointwise("acdc", 8, 16, layers=3)), (8,)) == 3 * (2 * 256 + 32)

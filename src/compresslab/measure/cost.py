@@ -81,10 +81,17 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 
 def _fan_in(module: nn.Module) -> int:
-    """Inputs feeding one output element: in_features, or (C_in/groups)*prod(kernel)."""
+    """Inputs feeding one output element: in_features, or (C_in/groups)*prod(kernel); for a
+    module that declares ``macs_per_position()`` (structured maps), those MACs / C_out."""
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return module.in_channels // module.groups * math.prod(module.kernel_size)
+    if hasattr(module, "macs_per_position"):
+        return max(1, module.macs_per_position() // module.c_out)
     return int(module.in_features)
+
+
+def _counted(module: nn.Module) -> bool:
+    return isinstance(module, COUNTED_LAYERS) or hasattr(module, "macs_per_position")
 
 
 class _TrainingFlags:
@@ -129,8 +136,10 @@ def layer_costs(
     """Per-layer cost of one example, from one forward pass (batch 1, zeros).
 
     Counted layers are :data:`COUNTED_LAYERS` (Conv1d, Conv2d, Linear and their
-    subclasses, dynamic-quantised Linear). Returns one dict per layer that ran,
-    in module order, with keys:
+    subclasses, dynamic-quantised Linear) and any module with ``macs_per_position()``
+    and ``c_out`` (the structured pointwise maps of ``models.linear_subs``; their
+    ``fan_in`` is MACs per output element and their sparsity 0). Returns one dict per
+    layer that ran, in module order, with keys:
 
     - ``name``: module path; ``type``: class name
     - ``macs``: multiply-accumulates per example (= outputs * fan_in)
@@ -158,12 +167,15 @@ def layer_costs(
         n = _fan_in(module)
         rec = calls.setdefault(name, {"name": name, "type": type(module).__name__,
                                       "macs": 0, "fan_in": n, "outputs": 0})
-        rec["macs"] += m * n
+        if hasattr(module, "macs_per_position"):  # structured map: its own count per position
+            rec["macs"] += m // module.c_out * module.macs_per_position()
+            rec["sparsity"] = 0.0
+        else:
+            rec["macs"] += m * n
+            rec["sparsity"] = float((_weight(module) == 0).double().mean())
         rec["outputs"] += m
-        rec["sparsity"] = float((_weight(module) == 0).double().mean())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, COUNTED_LAYERS)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _counted(m)]
     try:
         device, dtype = _device_dtype(model)
         with _TrainingFlags(model), torch.no_grad():

@@ -41,11 +41,16 @@ class Pointwise(nn.Module):
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
+        self.c_out = c_out
         self.weight = nn.Parameter(torch.empty(c_out, c_in))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
     def matrix(self) -> torch.Tensor:
         return self.weight
+
+    def macs_per_position(self) -> int:
+        """Multiply-accumulates per spatial position, for ``measure.cost``."""
+        return self.weight.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _channels_first(_channels_last(x) @ self.matrix().T)
@@ -86,6 +91,11 @@ class ACDC(nn.Module):
         self.register_buffer("perm", torch.stack([torch.randperm(n, generator=g) for _ in range(layers)]))
         self.register_buffer("dct", dct_matrix(n, torch.float32))
 
+    def macs_per_position(self) -> int:
+        """Per layer: two dense N×N DCT products and two diagonal scalings (as computed here;
+        a fast DCT would need O(N log N))."""
+        return self.a.shape[0] * (2 * self.n * self.n + 2 * self.n)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = _channels_last(x)
         if self.c_in < self.n:
@@ -105,9 +115,12 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 class GroupedPointwise(nn.Module):
     def __init__(self, c_in: int, c_out: int, groups: int):
         super().__init__()
-        self.groups = groups
+        self.groups, self.c_out = groups, c_out
         self.weight = nn.Parameter(torch.empty(groups, c_out // groups, c_in // groups))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def macs_per_position(self) -> int:
+        return self.weight.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = _channels_last(x)
@@ -132,6 +145,7 @@ class HashedLinear(nn.Module):
     def __init__(self, c_in: int, c_out: int, budget: float, seed: int = 0):
         super().__init__()
         k = max(1, round(budget * c_in * c_out))
+        self.c_out = c_out
         g = torch.Generator().manual_seed(seed)
         self.weight = nn.Parameter(torch.randn(k, generator=g) * math.sqrt(2.0 / c_out))
         self.register_buffer("index", torch.randint(0, k, (c_out, c_in), generator=g))
@@ -139,6 +153,10 @@ class HashedLinear(nn.Module):
 
     def matrix(self) -> torch.Tensor:
         return self.weight[self.index] * self.sign
+
+    def macs_per_position(self) -> int:
+        """The virtual matrix is dense: C_out·C_in MACs (hashing saves memory, not compute)."""
+        return self.index.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _channels_first(_channels_last(x) @ self.matrix().T)

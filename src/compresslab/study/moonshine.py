@@ -137,7 +137,7 @@ def run_moonshine_study(spec: MoonshineSpec, runs: str | Path = "runs", *, progr
     """Run (or resume) the study; write ``results.json`` and ``report.html``."""
     import numpy as np
 
-    from compresslab.measure import compare_logits, latency
+    from compresslab.measure import compare_logits, cost_report, latency
     from compresslab.report.moonshine import write_moonshine_report
     from compresslab.runs.checkpoint import load_checkpoint
     from compresslab.study.runner import Entry, publish, run_steps
@@ -155,9 +155,10 @@ def run_moonshine_study(spec: MoonshineSpec, runs: str | Path = "runs", *, progr
     for s in [{"name": "teacher", "block": "Conv", "mode": "teacher", "step": teacher}, *students]:
         d = store.path(s["step"])
         metrics = read_json(d / "metrics.json")
-        cost = dict(metrics["cost"])
+        model = load_checkpoint(d)[0]
+        cost = cost_report(model, data.input_shape)  # recounted: not the step's cached numbers
         if spec.latency:
-            cost["latency_ms"] = latency(load_checkpoint(d)[0], data.input_shape)
+            cost["latency_ms"] = latency(model, data.input_shape)
         acc = metrics["accuracy"][spec.split]
         rows.append({"name": s["name"], "block": s["block"], "mode": s["mode"], "step": d.name,
                      "accuracy": acc, "error": 1.0 - acc, "cost": cost,
