@@ -11,7 +11,8 @@ from compresslab.models.linear_subs import (
     fit_budget,
     make_pointwise,
     pointwise_params,
-    weight_decay_scale,
+    compression_ratio,
+    weight_decay_scales,
 )
 
 SETTINGS = [("conv", {}), ("lowrank", {"rank": 3}), ("acdc", {"layers": 2}), ("shuffle", {"groups": 4}),
@@ -98,7 +99,8 @@ def test_fit_budget_is_tight():
     assert 4900 <= hashed["params"] <= 5000
     with pytest.raises(UserError, match="smallest setting"):
         fit_budget("lowrank", layers, 10)
-    assert weight_decay_scale("lowrank", 64, 64, rank=8) == pytest.approx(0.25)
+    assert compression_ratio(make_pointwise("lowrank", 64, 64, rank=8)) == pytest.approx(0.25)
+    assert compression_ratio(make_pointwise("acdc", 16, 32, layers=2)) == pytest.approx(2 * 32 * 2 / (16 * 32))
 
 
 @pytest.mark.parametrize("kind, hp, message", [("fft", {}, "unknown pointwise kind"),
@@ -119,3 +121,34 @@ def test_cost_counts_structured_maps():
     assert count_macs(torch.nn.Sequential(make_pointwise("shuffle", 8, 16, groups=4)), (8, 3)) == (32 + 64) * 3
     assert count_macs(torch.nn.Sequential(make_pointwise("hashed", 8, 16, budget=0.1)), (8, 3)) == 8 * 16 * 3
     assert count_macs(torch.nn.Sequential(make_pointwise("acdc", 8, 16, layers=3)), (8,)) == 3 * (2 * 256 + 32)
+
+
+def test_weight_decay_scaling_reaches_the_optimizer():
+    from compresslab.data import Dataset
+    from compresslab.models import create_model
+    from compresslab.train import Recipe, fit
+
+    net = create_model("wrn1d-10-1", num_classes=4, in_channels=1, input_shape=(1, 40), block="DConv+shuffle4")
+    scales = weight_decay_scales(net)
+    assert scales and all(0 < v < 1 for v in scales.values())
+    assert all(".conv" in k and ("first" in k or "second" in k) for k in scales)
+    seen = {}
+    real = torch.optim.SGD
+
+    class Spy(real):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            seen["groups"] = [(g["weight_decay"], len(g["params"])) for g in self.param_groups]
+
+    x, y = torch.randn(32, 1, 40), torch.randint(0, 4, (32,))
+    torch.optim.SGD = Spy
+    try:
+        fit(net, Dataset("toy", x, y, x, y, x, y, num_classes=4), Recipe(epochs=1, weight_decay=1e-3),
+            weight_decay_scale=scales)
+    finally:
+        torch.optim.SGD = real
+    expected: dict[float, int] = {}
+    for r in scales.values():  # one group per distinct ratio (16->16 and 16->32 maps differ)
+        expected[round(1e-3 * r, 12)] = expected.get(round(1e-3 * r, 12), 0) + 1
+    expected[1e-3] = len(list(net.parameters())) - len(scales)
+    assert {round(wd, 12): n for wd, n in seen["groups"]} == expected and len(expected) > 2

@@ -108,3 +108,12 @@ def test_linear_substitution_fits_budgets_and_runs_through_the_cli(tmp_path, cap
     assert len(r["substitutes"]) == len(fitted)
     with pytest.raises(UserError, match="DConv-family"):
         fitted_blocks(parse_linear_spec({**raw, "base": "G8B2"}))
+
+
+def test_scaled_weight_decay_only_changes_substituted_students():
+    plain = expand_moonshine(parse_moonshine_spec({**TINY, "blocks": ["DConv", "DConv+lowrank2"]}))[1]
+    scaled = expand_moonshine(parse_moonshine_spec({**TINY, "blocks": ["DConv", "DConv+lowrank2"],
+                                                    "scale_substitute_wd": True}))[1]
+    for a, b in zip(plain, scaled):
+        assert (a["step"].hash == b["step"].hash) == ("+" not in a["block"])
+        assert b["step"].spec.get("scale_substitute_wd", False) == ("+" in b["block"])

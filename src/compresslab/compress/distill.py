@@ -235,7 +235,7 @@ def teacher_attention_maps(teacher: nn.Module, x: torch.Tensor, points: list[str
 def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, recipe: Recipe, *,
             loss: dict[str, float] | None = None, temperature: float = 4.0, at_points=None, hint_points=None,
             cache_teacher: bool | None = None, seed: int = 0, callback=None,
-            max_steps: int | None = None) -> FitResult:
+            max_steps: int | None = None, weight_decay_scale: dict[str, float] | None = None) -> FitResult:
     """Train ``student`` in place from ``teacher`` with the named terms of ``loss``.
 
     ``teacher``: a network (trained or not), or fixed ``(N_train, K)`` logits (a noise
@@ -259,7 +259,8 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
                             "need a teacher network; use kd and ce")
         signal = TeacherSignal(logits=teacher.float())
         terms = {"kd": KDTerm(signal, temperature)} if "kd" in wants else {}
-        return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback, max_steps=max_steps)
+        return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback, max_steps=max_steps,
+               weight_decay_scale=weight_decay_scale)
 
     sample = data.x_train[:2]
     at_pairs = match_points(student, teacher, sample, at_points, term="at") if "at" in wants else {}
@@ -287,4 +288,5 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
         regressors = nn.ModuleList(_regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
                                    for s, t in hint_pairs.items())
         terms["hint"] = HintTerm(signal, hint_pairs, regressors)
-    return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback, max_steps=max_steps)
+    return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback, max_steps=max_steps,
+               weight_decay_scale=weight_decay_scale)

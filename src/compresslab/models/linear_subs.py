@@ -209,11 +209,6 @@ def pointwise_params(kind: str, c_in: int, c_out: int, **hp) -> int:
     return max(1, round(v * c_in * c_out))
 
 
-def weight_decay_scale(kind: str, c_in: int, c_out: int, **hp) -> float:
-    """params(kind) / params(plain 1x1): the factor the paper scales weight decay by."""
-    return pointwise_params(kind, c_in, c_out, **hp) / (c_in * c_out)
-
-
 def fit_budget(kind: str, layers: list[tuple[int, int]], target_params: int, fixed_params: int = 0) -> dict:
     """The largest single setting of ``kind`` for every ``(c_in, c_out)`` layer that keeps
     ``fixed_params + Σ pointwise_params`` within ``target_params``.
@@ -257,3 +252,33 @@ def fit_budget(kind: str, layers: list[tuple[int, int]], target_params: int, fix
             raise UserError(f"{kind}: the smallest setting needs {smallest:,} params > target {target_params:,}")
         value = max(fitting, key=total)
     return {"kind": kind, "hp": {name: value}, "params": total(value), "target": target_params}
+
+
+STRUCTURED = (LowRank, ACDC, ShuffleLinear, HashedLinear)
+
+
+def compression_ratio(module: nn.Module) -> float:
+    """Parameters of a structured substitute over those of the dense C_in x C_out map it replaces."""
+    if isinstance(module, LowRank):
+        c_in, c_out = module.down.weight.shape[1], module.up.c_out
+    elif isinstance(module, ShuffleLinear):
+        c_in, c_out = module.first.weight.shape[0] * module.first.weight.shape[2], module.second.c_out
+    elif isinstance(module, HashedLinear):
+        c_out, c_in = module.index.shape
+    elif isinstance(module, ACDC):
+        c_in, c_out = module.c_in, module.c_out
+    else:
+        raise TypeError(f"not a structured substitute: {type(module).__name__}")
+    return sum(p.numel() for p in module.parameters()) / (c_in * c_out)
+
+
+def weight_decay_scales(model: nn.Module) -> dict[str, float]:
+    """``{parameter name: compression ratio}`` for every parameter of a structured substitute in
+    ``model`` (Gray et al. 2019 scale weight decay on substituted parameters by this ratio)."""
+    scales = {}
+    for name, module in model.named_modules():
+        if isinstance(module, STRUCTURED):
+            ratio = compression_ratio(module)
+            for pname, _ in module.named_parameters():
+                scales[f"{name}.{pname}" if name else pname] = ratio
+    return scales

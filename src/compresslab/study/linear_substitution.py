@@ -40,6 +40,8 @@ class LinearSubstitutionSpec(BaseModel):
     compare: list[str] = Field(default_factory=list, description="Moonshine blocks trained alongside")
     modes: list[Literal["scratch", "at", "at+kd"]] = Field(default_factory=lambda: ["scratch"], min_length=1)
     beta: float = Field(1000.0, gt=0)
+    scale_substitute_wd: bool = Field(False, description="scale weight decay on the substitutes by their "
+                                      "compression ratio")
     latency: bool = True
     split: Literal["val", "test"] = "test"
 
@@ -104,7 +106,8 @@ def run_linear_study(spec: LinearSubstitutionSpec, runs: str | Path = "runs", *,
     blocks = list(dict.fromkeys([*spec.compare, spec.base, *(f["block"] for f in fitted)]))
     moon = MoonshineSpec(kind="moonshine", name=spec.name, data=spec.data, val_fraction=spec.val_fraction,
                          seed=spec.seed, teacher=spec.teacher, recipe=spec.recipe, blocks=blocks, modes=spec.modes,
-                         beta=spec.beta, latency=spec.latency, split=spec.split)
+                         beta=spec.beta, scale_substitute_wd=spec.scale_substitute_wd, latency=spec.latency,
+                         split=spec.split)
     results, out = run_moonshine_study(moon, runs, progress=progress)
     results["substitutes"] = fitted
     results["linear_spec"] = spec.model_dump(mode="json")

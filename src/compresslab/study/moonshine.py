@@ -52,6 +52,8 @@ class MoonshineSpec(BaseModel):
     beta: float = Field(1000.0, gt=0, description="attention-transfer weight")
     at_points: list[str] = Field(default_factory=lambda: ["group1", "group2", "group3"])
     kd: KD = Field(default_factory=KD)
+    scale_substitute_wd: bool = Field(False, description="scale weight decay on structured pointwise "
+                                      "substitutes by their compression ratio")
     latency: bool = True
     split: Literal["val", "test"] = "test"
 
@@ -118,6 +120,8 @@ def expand_moonshine(spec: MoonshineSpec) -> tuple[Step, list[dict]]:
                                         "temperature": spec.kd.temperature, "recipe": recipe,
                                         "loss": mode_loss(mode, spec.beta, spec.kd), "at_points": spec.at_points},
                             parents={"teacher": teacher}, label=name)
+            if spec.scale_substitute_wd and "+" in block:  # only then: other steps keep their hashes
+                step = Step(step.kind, {**step.spec, "scale_substitute_wd": True}, parents=step.parents, label=name)
             students.append({"name": name, "block": block, "mode": mode, "step": step})
     return teacher, students
 

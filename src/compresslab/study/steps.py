@@ -67,11 +67,22 @@ def _history(result) -> dict:
     return {"train_seconds": result.seconds, "history": result.history}
 
 
+def _wd_scales(s: dict, model) -> dict[str, float] | None:
+    """With ``scale_substitute_wd`` in the step spec: weight decay of structured pointwise
+    substitutes scaled by their compression ratio (Gray et al. 2019)."""
+    if not s.get("scale_substitute_wd"):
+        return None
+    from compresslab.models.linear_subs import weight_decay_scales
+
+    return weight_decay_scales(model)
+
+
 def run_train(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
     s = step.spec
     data = data_of(s)
     model = build(s["model"], data, s["seed"])
-    result = fit(model, data, Recipe(**s["recipe"]), loss=s.get("loss"), seed=s["seed"], callback=callback)
+    result = fit(model, data, Recipe(**s["recipe"]), loss=s.get("loss"), seed=s["seed"], callback=callback,
+                 weight_decay_scale=_wd_scales(s, model))
     finish_model(out, model, data, extra=_history(result))
 
 
@@ -101,7 +112,7 @@ def run_distill(step: Step, out: Path, parents: dict[str, Path], callback=None) 
     student = build(s["student"], data, s["seed"])
     result = distill(teacher, student, data, Recipe(**s["recipe"]), loss=s["loss"],
                      temperature=s["temperature"], at_points=s.get("at_points"), hint_points=s.get("hint_points"),
-                     seed=s["seed"], callback=callback)
+                     seed=s["seed"], callback=callback, weight_decay_scale=_wd_scales(s, student))
     finish_model(out, student, data, extra=_history(result))
 
 

@@ -64,6 +64,7 @@ def fit(
     callback: Callable[[dict[str, Any]], None] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
     max_steps: int | None = None,
+    weight_decay_scale: dict[str, float] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data.x_train`` / ``data.y_train`` following ``recipe``.
 
@@ -76,6 +77,8 @@ def fit(
     - ``after_step(model)``: called after every optimizer step (e.g. re-apply masks).
     - ``max_steps``: stop after this many optimizer steps (the schedule still spans
       ``recipe.epochs``).
+    - ``weight_decay_scale``: ``{parameter name: factor}`` multiplies the recipe's weight
+      decay for those parameters (e.g. structured layers by their compression ratio).
 
     ``recipe.precision == "fast"``: 4-D inputs and the model go channels_last, and the
     forward runs under bf16 autocast when the CPU supports bf16 natively
@@ -120,7 +123,15 @@ def fit(
     try:
         if total_steps == 0:
             return FitResult(history, time.perf_counter() - t_fit, 0)
-        params = [p for p in model.parameters() if p.requires_grad] + loss_fn.parameters()
+        if weight_decay_scale is None:
+            params = [p for p in model.parameters() if p.requires_grad] + loss_fn.parameters()
+        else:  # one group per distinct scale of the recipe's weight decay
+            scales: dict[float, list] = {}
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    scales.setdefault(float(weight_decay_scale.get(name, 1.0)), []).append(p)
+            scales.setdefault(1.0, []).extend(loss_fn.parameters())
+            params = [{"params": ps, "weight_decay": recipe.weight_decay * k} for k, ps in scales.items() if ps]
         optimizer = recipe.make_optimizer(params)
         scheduler = recipe.make_scheduler(optimizer, steps_per_epoch)
         model.train()

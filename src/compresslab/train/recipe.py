@@ -81,8 +81,8 @@ class Recipe(BaseModel):
 
     # -- builders ---------------------------------------------------------------------------
 
-    def make_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The configured optimizer over ``params``."""
+    def make_optimizer(self, params: Iterable) -> torch.optim.Optimizer:
+        """The configured optimizer over ``params`` (parameters, or param-group dicts)."""
         params = list(params)
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
