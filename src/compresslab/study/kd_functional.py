@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, Step, read_json
-from compresslab.study.spec import ModelSpec
-from compresslab.train.recipe import Recipe, validation_message
+from compresslab.study.spec import ModelSpec, validate_spec
+from compresslab.train.recipe import Recipe
 
 CONDITIONS = ("teacher", "teacher-other-seed", "uniform-noise", "gaussian-noise", "untrained", "self",
               "independent")
@@ -136,12 +136,7 @@ class KDFunctionalSpec(BaseModel):
 
 
 def parse_kd_spec(raw: object, *, source: str = "kd-functional spec") -> KDFunctionalSpec:
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
-    try:
-        return KDFunctionalSpec.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(validation_message(err, source)) from None
+    return validate_spec(KDFunctionalSpec, raw, source)
 
 
 # -- steps ------------------------------------------------------------------------------------

@@ -31,15 +31,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, Step, canonical_json, read_json
-from compresslab.study.spec import ModelSpec
-from compresslab.train.recipe import Recipe, validation_message
+from compresslab.study.spec import ModelSpec, validate_spec
+from compresslab.train.recipe import Recipe
 
 #: Parent statistics correlated with the measured prunability.
 STATISTICS = ("kurtosis_of_kurtoses", "p_star", "safe_amount")
@@ -87,12 +86,7 @@ class KurtosisSpec(BaseModel):
 
 def parse_kurtosis_spec(raw: object, *, source: str = "kurtosis spec") -> KurtosisSpec:
     """Validate a mapping; problems become a one-line :class:`UserError`."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
-    try:
-        return KurtosisSpec.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(validation_message(err, source)) from None
+    return validate_spec(KurtosisSpec, raw, source)
 
 
 def load_kurtosis_spec(path: str | Path | None = None) -> KurtosisSpec:

@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from compresslab.errors import UserError
-from compresslab.study.spec import ModelSpec
-from compresslab.train.recipe import Recipe, validation_message
+from compresslab.study.spec import ModelSpec, validate_spec
+from compresslab.train.recipe import Recipe
 
 
 class LinearSubstitutionSpec(BaseModel):
@@ -47,12 +47,7 @@ class LinearSubstitutionSpec(BaseModel):
 
 
 def parse_linear_spec(raw: object, *, source: str = "linear-substitution spec") -> LinearSubstitutionSpec:
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
-    try:
-        spec = LinearSubstitutionSpec.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(validation_message(err, source)) from None
+    spec = validate_spec(LinearSubstitutionSpec, raw, source)
     if not spec.teacher.name.startswith(("wrn-", "wrn1d-")):
         raise UserError(f"{source}: the teacher must be a Wide ResNet (wrn-D-K or wrn1d-D-K), got {spec.teacher.name!r}")
     return spec

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, Step, read_json
-from compresslab.study.spec import ModelSpec
-from compresslab.train.recipe import Recipe, validation_message
+from compresslab.study.spec import ModelSpec, validate_spec
+from compresslab.train.recipe import Recipe
 
 MODES = ("scratch", "at", "at+kd")
 
@@ -82,12 +82,7 @@ class MoonshineSpec(BaseModel):
 
 
 def parse_moonshine_spec(raw: object, *, source: str = "moonshine spec") -> MoonshineSpec:
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
-    try:
-        return MoonshineSpec.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(validation_message(err, source)) from None
+    return validate_spec(MoonshineSpec, raw, source)
 
 
 def mode_loss(mode: str, beta: float, kd: KD) -> dict[str, float]:

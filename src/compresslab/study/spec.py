@@ -95,31 +95,37 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None):
     return parse_spec(raw, source=str(path))
 
 
+def validate_spec(cls, raw: object, source: str):
+    """``cls.model_validate(raw)``; a non-mapping or any validation problem becomes one
+    :class:`UserError` line naming ``source``."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(validation_message(e, source)) from None
+
+
 def parse_spec(raw: object, *, source: str = "spec"):
     """A :class:`StudySpec`, or the spec of another study kind (``kind: kurtosis``,
     ``kd-functional``, ``moonshine`` or ``linear-substitution``)."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: a study spec must be a mapping, got {type(raw).__name__}")
-    if raw.get("kind") == "kurtosis":
+    if isinstance(raw, dict) and raw.get("kind") == "kurtosis":
         from compresslab.study.kurtosis import parse_kurtosis_spec
 
         return parse_kurtosis_spec(raw, source=source)
-    if raw.get("kind") == "kd-functional":
+    if isinstance(raw, dict) and raw.get("kind") == "kd-functional":
         from compresslab.study.kd_functional import parse_kd_spec
 
         return parse_kd_spec(raw, source=source)
-    if raw.get("kind") == "moonshine":
+    if isinstance(raw, dict) and raw.get("kind") == "moonshine":
         from compresslab.study.moonshine import parse_moonshine_spec
 
         return parse_moonshine_spec(raw, source=source)
-    if raw.get("kind") == "linear-substitution":
+    if isinstance(raw, dict) and raw.get("kind") == "linear-substitution":
         from compresslab.study.linear_substitution import parse_linear_spec
 
         return parse_linear_spec(raw, source=source)
-    try:
-        spec = StudySpec.model_validate(raw)
-    except ValidationError as e:
-        raise UserError(validation_message(e, source)) from None
+    spec = validate_spec(StudySpec, raw, source)
     names = [c.name for c in spec.children]
     dup = {n for n in names if names.count(n) > 1} | ({"parent"} & set(names))
     if dup:
