@@ -1,6 +1,9 @@
 """Measure compressed models: what they cost (``cost``) and which function they keep (``function``).
 
-Pure, vectorised functions: no I/O, no printing.
+Pure, vectorised functions: no I/O, no printing. Further submodules, imported by name:
+``pairwise`` (every output metric for all pairs of M models), ``cka`` (streaming linear
+CKA), ``adversarial`` (FGSM/PGD transfer rates), ``stats`` (bootstrap CIs, tests, Holm,
+verdicts), ``weights`` and ``landscape``.
 """
 
 from compresslab.measure.cost import (
