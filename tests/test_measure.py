@@ -193,10 +193,17 @@ def test_param_counts_and_bytes():
 def test_cost_report_keys():
     model = _mlp()
     r = cost_report(model, (10,), weight_bits=8, act_bits=8)
-    assert list(r) == ["params", "nonzero_params", "macs", "bops", "bytes", "bytes_fp32"]
+    assert list(r) == ["params", "nonzero_params", "macs", "bops", "bytes", "nonzero_bytes", "bytes_fp32"]
     assert r["params"] == 10 * 16 + 16 + 16 * 3 + 3
     assert r["macs"] == 10 * 16 + 16 * 3
     assert r["bytes"] == r["params"] and r["bytes_fp32"] == 4 * r["params"]
+    # one layer's weight at 4 bits, the rest at 8; zeros drop out of nonzero_bytes only
+    with torch.no_grad():
+        model[0].weight[:, :5] = 0
+    name = [n for n, m in model.named_modules() if m is model[0]][0]
+    r = cost_report(model, (10,), weight_bits=8, act_bits=8, layer_bits={name: (4, 8)})
+    assert r["bytes"] == math.ceil((160 * 4 + (16 + 48 + 3) * 8) / 8)
+    assert r["nonzero_bytes"] == math.ceil((80 * 4 + (16 + 48 + 3) * 8) / 8)
     r = cost_report(model, (10,), with_latency=True)
     assert set(r["latency_ms"]) == {"batch1", "batch256"}
 

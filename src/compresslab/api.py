@@ -387,3 +387,51 @@ def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples:
                                      seed=seed, runs=runs, progress=progress)
         out["student"] = {k: student[k] for k in ("checkpoint", "accuracy", "vs_teacher", "reused")}
     return out
+
+
+def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bits: int | dict = 8,
+                        act_bits: int | dict | None = None, per_channel: bool = False, symmetric: bool = True,
+                        observer: str = "minmax", percentile: float = 99.99, calib_batches: int = 8,
+                        calib_batch_size: int = 128, epochs: int = 3, lr: float | None = None, seed: int = 0,
+                        val_fraction: float = 0.1, runs: str | Path = "runs", progress=None) -> dict:
+    """Quantise a checkpoint as a run-store step (see ``study.steps.run_quantize``).
+
+    ``scheme``: ``ptq-dynamic`` / ``ptq-static`` (real int8 kernels, bits must be 8),
+    ``fake`` (simulated ``bits`` for weights, ``act_bits`` for layer inputs; calibrated
+    on ``calib_batches`` training batches) or ``qat`` (fake-quant, then ``epochs`` of
+    fine-tuning with the parent's recipe at a tenth of its lr, or ``lr``). Returns the
+    child's checkpoint, accuracy, cost at its bit widths, every output metric against
+    the parent on the test split, and the latency of parent and child measured side by side.
+    """
+    from compresslab.measure import compare_logits, cost_report, latency
+    from compresslab.runs.checkpoint import load_checkpoint
+    from compresslab.runs.store import RunStore, Step, read_json
+    from compresslab.study.steps import RUNNERS, dataset, quantize_spec
+    from compresslab.train import Recipe
+
+    checkpoint = Path(checkpoint)
+    if epochs < 0:
+        raise UserError(f"--epochs {epochs}: must be >= 0")
+    parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
+    ds = dataset(data, val_fraction, seed)
+    parent_logits = _logits(checkpoint, ds, "test")  # the checkpoint must fit the data
+    base = _parent_recipe(checkpoint)
+    ft = Recipe.from_dict({**base.model_dump(), "epochs": epochs, "lr": lr or base.lr / 10, "warmup_epochs": 0})
+    spec = quantize_spec({"name": data, "val_fraction": val_fraction, "seed": seed}, scheme, bits=bits,
+                         act_bits=act_bits, per_channel=per_channel, symmetric=symmetric, observer=observer,
+                         percentile=percentile, calib_batches=calib_batches, calib_batch_size=calib_batch_size,
+                         recipe=ft.model_dump() if scheme == "qat" else None, seed=seed)
+    step = Step("quantize", spec, parents={"parent": parent}, label=f"quantize {checkpoint.name}")
+    with (progress.task(f"quantize {checkpoint.name} ({scheme})") if progress else nullcontext(None)) as callback:
+        out, ran = RunStore(runs).run(step, lambda d: RUNNERS["quantize"](step, d, {"parent": checkpoint}, callback))
+    m = read_json(out / "metrics.json")
+    shape = tuple(ds.input_shape)
+    before, after = load_checkpoint(checkpoint)[0], load_checkpoint(out)[0]
+    lat = {"parent": latency(before, shape), "child": latency(after, shape)}
+    y = ds.split("test")[1]
+    return {"checkpoint": str(out), "reused": not ran, "scheme": scheme, "quantization": m["quantization"],
+            "accuracy": m["accuracy"], "cost": m["cost"],
+            "parent_cost": cost_report(load_checkpoint(checkpoint, apply_transforms=False)[0], shape),
+            "vs_parent": compare_logits(parent_logits, _logits(out, ds, "test"), labels=y),
+            "latency_ms": lat, "speedup": {k: lat["parent"][k] / lat["child"][k] for k in lat["parent"]},
+            "simulated": scheme in ("fake", "qat"), "train_seconds": m.get("train_seconds")}

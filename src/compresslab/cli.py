@@ -246,6 +246,131 @@ def prune(
     _emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
 
 
+def parse_bits(text: str | None, what: str):
+    """``4`` -> 4; ``conv=4,linear=8`` -> ``{"conv": 4, "linear": 8}`` (bits per layer type)."""
+    if text is None:
+        return None
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"{what} {text!r}: expected an integer like 4, or per layer type like conv=4,linear=8") from None
+    out = parse_options([i.strip() for i in text.split(",") if i.strip()])
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in out.values()):
+        raise UserError(f"{what} {text!r}: bit widths must be integers, e.g. conv=4,linear=8")
+    return out
+
+
+@app.command()
+def quantize(
+    checkpoint: Path = typer.Argument(..., help="The parent checkpoint directory (float; prune it first to combine)."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset for calibration, QAT and evaluation (the parent's)."),
+    bits: str = typer.Option("8", "--bits", "-b", help="Weight bits, 2-16 (8 for ptq-*); per layer type as conv=4,linear=8."),
+    scheme: str = typer.Option("fake", "--scheme", help="ptq-dynamic (int8 Linear kernels), ptq-static (int8 conv+linear, calibrated), fake (simulated, any width) or qat (fake-quant + fine-tuning)."),
+    act_bits: Optional[str] = typer.Option(None, "--act-bits", help="fake/qat: also quantise each layer's input to this many bits (default: weights only)."),
+    per_channel: bool = typer.Option(False, "--per-channel/--per-tensor", help="fake/qat: one weight scale per output channel (default: per tensor)."),
+    asymmetric: bool = typer.Option(False, "--asymmetric", help="fake/qat: asymmetric (zero-point) weight grid instead of symmetric."),
+    observer: str = typer.Option("minmax", "--observer", help="fake/qat activation ranges: minmax or percentile."),
+    percentile: float = typer.Option(99.99, "--percentile", help="With --observer percentile: the upper percentile (lower: 100 - it)."),
+    calib_batches: int = typer.Option(8, "--calib-batches", help="Training batches for calibrating activation ranges."),
+    calib_batch_size: int = typer.Option(128, "--calib-batch-size", help="Examples per calibration batch."),
+    epochs: int = typer.Option(3, "--epochs", help="qat: fine-tuning epochs (the parent's recipe)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="qat: learning rate (default: a tenth of the parent's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for calibration batches and QAT; also the val split's."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Quantise a checkpoint; report accuracy, bits, BOPs, latency and fidelity to the parent.
+
+    Real int8 (ptq-dynamic, ptq-static) runs int8 kernels and may be faster; fake and
+    qat simulate any bit width with fp32 kernels: smaller in principle, never faster here.
+
+    JSON keys: checkpoint, scheme, quantization, accuracy, cost, parent_cost, vs_parent,
+    latency_ms {parent, child}, speedup, simulated.
+
+    \b
+    Examples:
+      compresslab quantize runs/train-1a2b... --scheme ptq-dynamic --data mnist1d
+      compresslab quantize runs/train-1a2b... --bits 4 --act-bits 8 --per-channel --data mnist1d
+      compresslab quantize runs/train-1a2b... --scheme qat --bits conv=4,linear=4 --epochs 3 --data mnist1d --json
+      compresslab quantize runs/prune-3c4d... --bits 4 --per-channel --data mnist1d   # 50% sparse at 4 bits
+    """
+    from compresslab.api import quantize_checkpoint
+    from compresslab.progress import RichProgress
+
+    if scheme.startswith("ptq-") and (act_bits or per_channel or asymmetric):
+        raise UserError(f"--act-bits, --per-channel and --asymmetric apply to fake and qat; {scheme} "
+                        "fixes its own int8 scheme")
+    with RichProgress(quiet=quiet) as progress:
+        result = quantize_checkpoint(checkpoint, data, scheme=scheme, bits=parse_bits(bits, "--bits"),
+                                     act_bits=parse_bits(act_bits, "--act-bits"), per_channel=per_channel,
+                                     symmetric=not asymmetric, observer=observer, percentile=percentile,
+                                     calib_batches=calib_batches, calib_batch_size=calib_batch_size, epochs=epochs,
+                                     lr=lr, seed=seed, runs=runs, progress=progress)
+
+    def human(r):
+        c, p, v = r["cost"], r["parent_cost"], r["vs_parent"]
+        rows = [("checkpoint", r["checkpoint"]),
+                ("test accuracy (parent → child)", f"{100 * v['accuracy_a']:.2f}% → {100 * v['accuracy_b']:.2f}%"),
+                ("agreement with the parent", f"{100 * v['agreement']:.2f}%"),
+                ("JS divergence (nats)", f"{v['js_divergence']:.5f}"),
+                ("weight bytes (parent → child)", f"{p['bytes']:,} → {c['bytes']:,}"),
+                ("BOPs (parent → child)", f"{_short(p['bops'])} → {_short(c['bops'])}")]
+        for k, ratio in r["speedup"].items():
+            rows.append((f"latency {k} (parent → child)", f"{r['latency_ms']['parent'][k]:.3f} → "
+                         f"{r['latency_ms']['child'][k]:.3f} ms ({ratio:.2f}x)"))
+        if r["simulated"]:
+            rows.append(("note", "simulated quantisation: fp32 kernels, no speed-up expected"))
+        _table(f"quantize ({r['scheme']})", rows)
+
+    _emit(result, as_json, human)
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Any checkpoint directory: trained, pruned, substituted or quantised."),
+    onnx: Path = typer.Option(..., "--onnx", help="Output file (.onnx)."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset for the parity check (test split) and int8 calibration."),
+    int8: bool = typer.Option(False, "--int8", help="Write ONNX Runtime's int8 graph instead of the fp32 one."),
+    int8_scheme: str = typer.Option("auto", "--int8-scheme", help="auto, dynamic (int8 weights; activations per batch) or static (QDQ, calibrated)."),
+    calib_batches: int = typer.Option(8, "--calib-batches", help="Training batches for static int8 calibration."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the val split and the calibration batches."),
+    no_latency: bool = typer.Option(False, "--no-latency", help="Skip the ONNX Runtime timing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Export a checkpoint to ONNX; check parity and time it in ONNX Runtime (fp32 and int8).
+
+    Parity: max |logit difference| and top-1 agreement against the checkpoint as PyTorch
+    runs it, on the whole test split, for both the fp32 and the int8 graph.
+
+    JSON keys: onnx, format, int8_scheme, parity {fp32, int8: max_abs_diff, top1_agreement,
+    accuracy}, torch_accuracy, bytes, latency_ms {fp32, int8}, int8_speedup.
+
+    \b
+    Examples:
+      compresslab export runs/prune-3c4d... --onnx model.onnx --data mnist1d
+      compresslab export runs/train-1a2b... --onnx model-int8.onnx --int8 --data mnist1d --json
+    """
+    from compresslab.export import export_checkpoint
+
+    result = export_checkpoint(checkpoint, onnx, data, int8=int8, int8_scheme=int8_scheme, calib_batches=calib_batches,
+                               seed=seed, with_latency=not no_latency)
+
+    def human(r):
+        rows = [("wrote", f"{r['onnx']} ({r['format']}, {r['bytes'][r['format']]:,} bytes)"),
+                ("checkpoint accuracy (PyTorch)", f"{100 * r['torch_accuracy']:.2f}%")]
+        for k, p in r["parity"].items():
+            rows.append((f"ORT {k} vs PyTorch", f"max |Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
+                         f"{100 * p['top1_agreement']:.2f}%, accuracy {100 * p['accuracy']:.2f}%"))
+        for b, ratio in r.get("int8_speedup", {}).items():
+            rows.append((f"ORT latency {b} fp32 → int8 ({r['int8_scheme']})",
+                         f"{r['latency_ms']['fp32'][b]:.3f} → {r['latency_ms']['int8'][b]:.3f} ms ({ratio:.2f}x)"))
+        _table(f"export {checkpoint.name}", rows)
+
+    _emit(result, as_json, human)
+
+
 def parse_loss(text: str | None) -> dict | None:
     """``kd=0.9,ce=0.1,at=1000`` or a YAML mapping ``{kd: 0.9, ce: 0.1}`` -> ``{term: weight}``."""
     import yaml
@@ -536,11 +661,13 @@ def study(
     Examples:
       compresslab study                 # the default study on mnist1d
       compresslab study --preset kd-functional   # KD vs controls, 6 conditions x 5 seeds
+      compresslab study --preset compression-functional   # KD, pruning, quantisation vs retrains
       compresslab study my-study.yaml --runs /scratch/runs
     """
     from compresslab.progress import RichProgress
     from compresslab.study import load_spec, run_study
 
+    from compresslab.study.compression_functional import CompressionFunctionalSpec, run_cf_study
     from compresslab.study.kd_functional import KDFunctionalSpec, run_kd_study
     from compresslab.study.kurtosis import KurtosisSpec, run_kurtosis_study
     from compresslab.study.linear_substitution import LinearSubstitutionSpec, run_linear_study
@@ -550,7 +677,8 @@ def study(
     runner, printer = {KurtosisSpec: (run_kurtosis_study, _print_kurtosis),
                        KDFunctionalSpec: (run_kd_study, _print_kd),
                        MoonshineSpec: (run_moonshine_study, _print_moonshine),
-                       LinearSubstitutionSpec: (run_linear_study, _print_moonshine)}.get(type(s), (run_study, None))
+                       LinearSubstitutionSpec: (run_linear_study, _print_moonshine),
+                       CompressionFunctionalSpec: (run_cf_study, _print_cf)}.get(type(s), (run_study, None))
     with RichProgress(quiet=quiet) as progress:
         results, out = runner(s, runs, progress=progress)
     if as_json:
@@ -620,6 +748,38 @@ def _print_kd(results: dict, out: Path) -> None:
     for c, f in results["accuracy_effects"].items():
         typer.echo(f"accuracy, {c} vs independent: {100 * f['diff']:+.2f} points "
                    f"[{100 * f['ci_low']:+.2f}, {100 * f['ci_high']:+.2f}], p={f['p']:.3g}")
+    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+def _print_cf(results: dict, out: Path) -> None:
+    from rich.table import Table
+
+    n = len(results["spec"]["seeds"])
+    t = Table(title=f"study {results['study']}: every model against its parent, {results['split']} split, "
+                    f"mean [95% CI] over {n} replicates")
+    for col in ("model", "family", "ratio", "BOPs", "ms@256", "acc %", "agree %", "JS", "CKA", "agree vs indep."):
+        t.add_column(col, justify="left" if col in ("model", "family") else "right", no_wrap=True)
+    sig = {}
+    for test in results["tests"]:
+        if test["metric"] == "agreement" and test["label_b"] == "independent":
+            sig[test["label_a"]] = "closer" if test["significant"] else ("farther" if test["diff"] < 0 else "n.s.")
+
+    def cell(s, pct=False, d=3):
+        if not s:
+            return "–"
+        k, d = (100, 1) if pct else (1, d)
+        return f"{k * s['mean']:.{d}f} [{k * s['ci_low']:.{d}f},{k * s['ci_high']:.{d}f}]"
+
+    for name, s in results["summaries"].items():
+        lat = (s["cost"].get("latency_ms") or {}).get("batch256")
+        t.add_row(name, s["family"], f"{s['compression_ratio']:.1f}", _short(s["cost"]["bops"]),
+                  "–" if lat is None else f"{lat:.2f}", cell(s["accuracy"], True), cell(s["agreement"], True),
+                  cell(s["js_divergence"], d=4), cell(s["cka"], d=2), sig.get(name, ""))
+    _console(200).print(t)
+    for line in results["headline"]:
+        typer.echo(line)
+    typer.echo(f"plot: {out / 'fidelity.png'}")
     typer.echo(f"report: {out / 'report.html'}")
     typer.echo(f"results: {out / 'results.json'}")
 

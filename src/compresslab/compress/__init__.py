@@ -1,6 +1,7 @@
 """Compression methods: each takes a model and returns a model (plus masks/metadata)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from compresslab.errors import UserError
@@ -8,8 +9,16 @@ from compresslab.errors import UserError
 
 def apply_transform(model: nn.Module, transform: dict) -> nn.Module:
     """Re-apply a recorded post-load transform (see ``model.json``'s ``transforms``)."""
-    from compresslab.compress.quantize import quantize_dynamic_int8
+    from compresslab.compress import quantize as q
 
-    if transform.get("kind") == "quantize-dynamic":
-        return quantize_dynamic_int8(model)
+    kind = transform.get("kind")
+    if kind == "quantize-dynamic":
+        return q.quantize_dynamic_int8(model)
+    if kind == "fake-quant":
+        return q.apply_fake_quant_transform(model, transform)
+    if kind == "quantize-static":
+        shape = (getattr(model, "compresslab_config", None) or {}).get("input_shape")
+        if not shape:
+            raise UserError("static int8 needs the model's input shape, which its config does not record")
+        return q.apply_static_int8(model, transform, torch.zeros(1, *shape))
     raise UserError(f"unknown checkpoint transform {transform!r}; this compresslab cannot rebuild it")

@@ -1,15 +1,309 @@
-"""Quantisation. This slice has real int8 dynamic PTQ through ``torch.ao`` (int8 kernels
-on CPU for ``nn.Linear``); fake-quant, static PTQ and QAT arrive with the quantisation issue.
+"""Quantisation: simulated (fake-quant at 2–16 bits, QAT) and real int8 on CPU.
+
+Simulated quantisation rounds weights (and optionally each quantised layer's input
+activations) onto a ``bits``-bit integer grid and maps them straight back to float, so
+any bit width can be studied with fp32 kernels:
+
+    q = clamp(round(x / scale) + zero_point, qmin, qmax),   x̂ = (q - zero_point) * scale
+
+*Symmetric* grids are signed and sign-symmetric, ``q ∈ [-(2^(b-1) - 1), 2^(b-1) - 1]``,
+``zero_point = 0``, ``scale = max|x| / qmax``; *asymmetric* grids are ``q ∈ [0, 2^b - 1]``
+with ``scale = (max - min) / qmax`` over a range widened to include 0, so 0 (a pruned
+weight, a ReLU zero) is always exact. Inside the range the error is at most ``scale / 2``.
+Weights are quantised per tensor or per output channel from their own min/max, at every
+forward (so QAT sees its current weights). Activation ranges come from an observer:
+``minmax`` (over calibration batches) or ``percentile`` (the mean over batches of the
+per-batch lower/upper percentiles), and during QAT from an exponential moving average.
+Gradients use the straight-through estimator: identity inside the range, zero for
+clipped elements.
+
+Real int8 runs int8 kernels through ``torch.ao`` (fbgemm/x86):
+
+* ``ptq-dynamic``: ``nn.Linear`` weights int8, activations quantised per batch on the
+  fly (:func:`quantize_dynamic_int8`);
+* ``ptq-static``: FX graph mode, conv/linear (+ReLU) fused, weights int8 per channel,
+  activations uint8 with ranges from calibration (:func:`calibrate_static_int8`).
+
+Both are recorded as checkpoint *transforms* (``model.json``), re-applied on load
+from the float weights; calibrated ranges are stored in the transform, so loading
+never needs data.
 """
 from __future__ import annotations
 
 import copy
 import warnings
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+
+from compresslab.errors import UserError
 
 DYNAMIC_INT8 = {"kind": "quantize-dynamic", "dtype": "qint8", "modules": ["Linear"]}
+QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+LAYER_TYPES = ("conv", "linear")
+OBSERVERS = ("minmax", "percentile")
+MIN_BITS, MAX_BITS = 2, 16
+
+
+def layer_type(module: nn.Module) -> str | None:
+    """``"conv"``, ``"linear"`` or None (not quantised)."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return None
+
+
+def check_bits(bits: int, what: str = "bits") -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise UserError(f"{what} {bits!r}: must be an integer from {MIN_BITS} to {MAX_BITS}")
+    return bits
+
+
+def per_type(bits: int | dict | None, what: str) -> dict[str, int] | None:
+    """``4`` -> ``{"conv": 4, "linear": 4}``; a dict may give either or both types
+    (missing types are left unquantised); None stays None."""
+    if bits is None:
+        return None
+    if isinstance(bits, dict):
+        unknown = set(bits) - set(LAYER_TYPES)
+        if unknown:
+            raise UserError(f"{what}: unknown layer types {sorted(unknown)}; use {', '.join(LAYER_TYPES)}")
+        return {t: check_bits(b, f"{what}[{t}]") for t, b in bits.items()}
+    return {t: check_bits(bits, what) for t in LAYER_TYPES}
+
+
+# -- the integer grid ------------------------------------------------------------------------
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """``(qmin, qmax)`` of the grid."""
+    if symmetric:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, zero_point)`` (float tensors shaped like ``lo``) covering ``[lo, hi] ∪ {0}``."""
+    lo = torch.clamp(torch.as_tensor(lo, dtype=torch.float32), max=0.0)
+    hi = torch.clamp(torch.as_tensor(hi, dtype=torch.float32), min=0.0)
+    qmin, qmax = qrange(bits, symmetric)
+    tiny = torch.finfo(torch.float32).tiny
+    if symmetric:
+        scale = torch.maximum(-lo, hi) / qmax
+        return scale.clamp_min(tiny), torch.zeros_like(scale)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(tiny)
+    return scale, torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        q = torch.round(x / scale) + zero_point
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return (torch.clamp(q, qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Round ``x`` onto the grid and back; straight-through gradient inside the range.
+
+    Without autograd it is plain tensor ops (div, round, clamp), so it exports to ONNX.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FakeQuantSTE.apply(x, scale, zero_point, qmin, qmax)
+    return (torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+
+
+# -- modules -----------------------------------------------------------------------------------
+
+
+class WeightFakeQuant(nn.Module):
+    """Parametrization of a conv/linear weight: its fake-quantised copy, the range read off
+    the current weight (per tensor, or per output channel = dim 0)."""
+
+    def __init__(self, bits: int, symmetric: bool = True, per_channel: bool = True):
+        super().__init__()
+        self.bits, self.symmetric, self.per_channel = check_bits(bits), symmetric, per_channel
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.per_channel:
+                flat = w.reshape(w.shape[0], -1)
+                shape = (-1,) + (1,) * (w.dim() - 1)
+                lo, hi = flat.amin(1).reshape(shape), flat.amax(1).reshape(shape)
+            else:
+                lo, hi = w.min(), w.max()
+            scale, zp = qparams(lo, hi, self.bits, self.symmetric)
+        return fake_quantize(w, scale, zp, *qrange(self.bits, self.symmetric))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, symmetric={self.symmetric}, per_channel={self.per_channel}"
+
+
+class ActFakeQuant(nn.Module):
+    """Fake-quantises a layer's input with a per-tensor range held in ``lo`` / ``hi``.
+
+    ``calibrating``: observe the range (min-max: running extremes; percentile: running
+    mean of per-batch percentiles) and pass the input through unchanged. Otherwise
+    quantise; in training mode (QAT) the range first moves towards the batch's by an
+    exponential moving average with ``momentum``.
+    """
+
+    def __init__(self, bits: int, observer: str = "minmax", percentile: float = 99.99, momentum: float = 0.01,
+                 symmetric: bool = False):
+        super().__init__()
+        if observer not in OBSERVERS:
+            raise UserError(f"activation observer {observer!r}: use {' or '.join(OBSERVERS)}")
+        self.bits, self.observer, self.percentile = check_bits(bits), observer, percentile
+        self.momentum, self.symmetric = momentum, symmetric
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.calibrating, self.batches = False, 0
+
+    def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.detach().float().reshape(-1)
+        if self.observer == "minmax":
+            return x.min(), x.max()
+        if x.numel() > 2**20:  # quantiles of a fixed, evenly strided subsample
+            x = x[:: x.numel() // 2**20 + 1]
+        q = torch.tensor([1 - self.percentile / 100, self.percentile / 100])
+        lo, hi = torch.quantile(x, q)
+        return lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            lo, hi = self._batch_range(x)
+            n = self.batches
+            if self.observer == "minmax":
+                self.lo.copy_(lo if n == 0 else torch.minimum(self.lo, lo))
+                self.hi.copy_(hi if n == 0 else torch.maximum(self.hi, hi))
+            else:
+                self.lo.copy_((self.lo * n + lo) / (n + 1))
+                self.hi.copy_((self.hi * n + hi) / (n + 1))
+            self.batches += 1
+            return x
+        if self.training:
+            lo, hi = self._batch_range(x)
+            self.lo.lerp_(lo, self.momentum)
+            self.hi.lerp_(hi, self.momentum)
+        scale, zp = qparams(self.lo, self.hi, self.bits, self.symmetric)
+        return fake_quantize(x, scale, zp, *qrange(self.bits, self.symmetric))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, observer={self.observer}, range=[{float(self.lo):.4g}, {float(self.hi):.4g}]"
+
+
+def _quant_input_hook(module: nn.Module, args):
+    return (module.input_quant(args[0]), *args[1:])
+
+
+def attach_fake_quant(model: nn.Module, weight_bits: int | dict, *, act_bits: int | dict | None = None,
+                      per_channel: bool = True, symmetric: bool = True, observer: str = "minmax",
+                      percentile: float = 99.99, act_ranges: dict[str, list[float]] | None = None) -> nn.Module:
+    """Fake-quantise ``model`` in place: every Conv1d/Conv2d/Linear of a type in
+    ``weight_bits`` gets its weight parametrized (:class:`WeightFakeQuant`), and with
+    ``act_bits`` its input quantised by an :class:`ActFakeQuant` (asymmetric) held as
+    ``input_quant``. Module names and feature points are unchanged. ``act_ranges``
+    (``{layer: [lo, hi]}``) restores calibrated ranges; otherwise call :func:`calibrate`.
+    Undo with :func:`strip_fake_quant`."""
+    wbits, abits = per_type(weight_bits, "weight bits"), per_type(act_bits, "activation bits")
+    layers = [(n, m) for n, m in model.named_modules() if layer_type(m) in (wbits or {})]
+    if not layers:
+        raise UserError(f"the model has no {' or '.join(wbits or LAYER_TYPES)} layers to quantise")
+    if act_ranges is not None and abits:
+        missing = {n for n, m in layers if layer_type(m) in abits} - set(act_ranges)
+        if missing:
+            raise UserError(f"activation ranges are missing for {sorted(missing)}; re-create the quantised checkpoint")
+    for name, m in layers:
+        t = layer_type(m)
+        parametrize.register_parametrization(m, "weight", WeightFakeQuant(wbits[t], symmetric, per_channel))
+        if abits and t in abits:
+            m.input_quant = ActFakeQuant(abits[t], observer, percentile)
+            if act_ranges is not None:
+                m.input_quant.lo.fill_(act_ranges[name][0])
+                m.input_quant.hi.fill_(act_ranges[name][1])
+            m._fq_hook = m.register_forward_pre_hook(_quant_input_hook)
+    return model
+
+
+def act_quantizers(model: nn.Module) -> dict[str, ActFakeQuant]:
+    return {n: m.input_quant for n, m in model.named_modules() if isinstance(getattr(m, "input_quant", None), ActFakeQuant)}
+
+
+def act_ranges(model: nn.Module) -> dict[str, list[float]]:
+    """``{layer: [lo, hi]}`` of every activation quantiser (JSON-ready)."""
+    return {n: [float(q.lo), float(q.hi)] for n, q in act_quantizers(model).items()}
+
+
+@contextmanager
+def _calibrating(model: nn.Module):
+    quants = act_quantizers(model).values()
+    for q in quants:
+        q.calibrating, q.batches = True, 0
+    try:
+        yield
+    finally:
+        for q in quants:
+            q.calibrating = False
+
+
+def calibration_batches(x: torch.Tensor, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """``batches`` random training batches (without replacement while the data lasts)."""
+    if batches < 1 or batch_size < 1:
+        raise UserError(f"calibration needs at least one batch of at least one example, got {batches} x {batch_size}")
+    if len(x) == 0:
+        raise UserError("calibration needs training data, but the training split is empty")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    need = batches * batch_size
+    order = order.repeat(need // len(x) + 1)[:need]
+    return [x[order[i:i + batch_size]] for i in range(0, need, batch_size)]
+
+
+def calibrate(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, list[float]]:
+    """Observe the activation ranges on ``batches`` (eval mode); returns :func:`act_ranges`."""
+    model.eval()
+    with _calibrating(model), torch.no_grad():
+        for xb in batches:
+            model(xb)
+    return act_ranges(model)
+
+
+def strip_fake_quant(model: nn.Module) -> nn.Module:
+    """Remove the fake-quant parametrizations and input quantisers in place, keeping the
+    float (latent) weights: what a checkpoint stores."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+        if isinstance(getattr(m, "input_quant", None), ActFakeQuant):
+            m._fq_hook.remove()
+            del m.input_quant, m._fq_hook
+    return model
+
+
+def fake_quant_transform(weight_bits: int | dict, *, act_bits: int | dict | None, per_channel: bool, symmetric: bool,
+                         observer: str, percentile: float, ranges: dict[str, list[float]] | None) -> dict:
+    """The ``model.json`` transform that rebuilds a fake-quantised model from float weights."""
+    return {"kind": "fake-quant", "weight_bits": per_type(weight_bits, "weight bits"),
+            "act_bits": per_type(act_bits, "activation bits"), "per_channel": per_channel, "symmetric": symmetric,
+            "observer": observer, "percentile": percentile, "act_ranges": ranges or {}}
+
+
+def apply_fake_quant_transform(model: nn.Module, t: dict) -> nn.Module:
+    model = attach_fake_quant(copy.deepcopy(model), t["weight_bits"], act_bits=t["act_bits"],
+                              per_channel=t["per_channel"], symmetric=t["symmetric"], observer=t["observer"],
+                              percentile=t["percentile"], act_ranges=t["act_ranges"] if t["act_bits"] else None)
+    return model.eval()
+
+
+# -- real int8 (torch.ao) ----------------------------------------------------------------------
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
@@ -24,12 +318,75 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
+def _static_qconfig():
+    """Activations uint8 per tensor from min/max (``reduce_range``: 7-bit, which avoids
+    overflow in fbgemm's int8 kernels on CPUs without VNNI); weights int8 per channel."""
+    from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+
+    qconfig = QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=True),
+                      weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
+    return QConfigMapping().set_global(qconfig)
+
+
+def _prepare_static(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return prepare_fx(copy.deepcopy(model).eval(), _static_qconfig(), (example,))
+        except Exception as e:  # symbolic tracing fails on data-dependent control flow
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"static int8 needs an FX-traceable model; {type(model).__name__} is not ({first}). "
+                            "Use --scheme ptq-dynamic or fake") from None
+
+
+def _observers(prepared: nn.Module) -> dict[str, nn.Module]:
+    from torch.ao.quantization.observer import ObserverBase
+
+    return {n: m for n, m in prepared.named_modules() if isinstance(m, ObserverBase)}
+
+
+def calibrate_static_int8(model: nn.Module, batches: list[torch.Tensor]) -> dict:
+    """Calibrate FX static int8 on ``batches``; returns the transform (activation ranges included)."""
+    prepared = _prepare_static(model, batches[0][:1])
+    with torch.no_grad():
+        for xb in batches:
+            prepared(xb)
+    ranges = {n: [float(o.min_val), float(o.max_val)] for n, o in _observers(prepared).items() if o.min_val.dim() == 0}
+    return {"kind": "quantize-static", "backend": "x86", "act_ranges": ranges}
+
+
+def apply_static_int8(model: nn.Module, t: dict, example: torch.Tensor) -> nn.Module:
+    """Rebuild the static int8 model of transform ``t`` from float ``model``."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    prepared = _prepare_static(model, example)
+    observers = _observers(prepared)
+    for name, (lo, hi) in t["act_ranges"].items():
+        if name not in observers:
+            raise UserError(f"static int8 transform names observer {name!r} that this model does not have; "
+                            "re-create the quantised checkpoint")
+        observers[name].min_val = torch.tensor(lo)
+        observers[name].max_val = torch.tensor(hi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(prepared).eval()
+
+
 def quantized_layer_bits(model: nn.Module, transforms: list[dict]) -> dict[str, tuple[int, int]]:
-    """Per-layer ``(weight_bits, act_bits)`` that ``transforms`` give a float ``model``."""
+    """Per-layer ``(weight_bits, act_bits)`` that ``transforms`` give a float ``model``
+    (what the BOPs formula needs); layers not listed stay at 32/32."""
     bits: dict[str, tuple[int, int]] = {}
     for t in transforms:
-        if t["kind"] == "quantize-dynamic":
-            for name, m in model.named_modules():
-                if isinstance(m, nn.Linear):
-                    bits[name] = (8, 8)
+        for name, m in model.named_modules():
+            kind = layer_type(m)
+            if kind is None:
+                continue
+            if t["kind"] == "quantize-dynamic" and kind == "linear":
+                bits[name] = (8, 8)
+            elif t["kind"] == "quantize-static":
+                bits[name] = (8, 8)
+            elif t["kind"] == "fake-quant" and kind in t["weight_bits"]:
+                bits[name] = (t["weight_bits"][kind], (t["act_bits"] or {}).get(kind, 32))
     return bits

@@ -261,6 +261,20 @@ def latency(
 # --------------------------------------------------------------------------- report
 
 
+def _storage_bits(model: nn.Module, weight_bits: int, layer_bits: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(bits of every parameter, bits of the nonzero ones): weights of layers in
+    ``layer_bits`` at their weight bits, everything else at ``weight_bits``."""
+    if weight_bits <= 0:
+        raise UserError(f"bits must be a positive integer, got {weight_bits}")
+    own = {f"{name}.weight" if name else "weight": b_w for name, (b_w, _) in layer_bits.items()}
+    stored = nonzero = 0
+    for name, p in model.named_parameters():
+        b = own.get(name, weight_bits)
+        stored += p.numel() * b
+        nonzero += int(torch.count_nonzero(p.detach())) * b
+    return stored, nonzero
+
+
 def cost_report(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -272,18 +286,22 @@ def cost_report(
 ) -> dict:
     """All cost numbers in one dict with stable keys.
 
-    ``params``, ``nonzero_params``, ``macs``, ``bops``, ``bytes`` (every
-    parameter at ``weight_bits``), ``bytes_fp32``, and with ``with_latency``
+    ``params``, ``nonzero_params``, ``macs``, ``bops``, ``bytes`` (every parameter at
+    ``weight_bits``, except the weights of layers in ``layer_bits`` at their own),
+    ``nonzero_bytes`` (the same counting only nonzero parameters: the size of a
+    sparse encoding without its index overhead), ``bytes_fp32``, and with ``with_latency``
     also ``latency_ms`` (the dict from :func:`latency`).
     """
     rows = layer_costs(model, input_shape, weight_bits=weight_bits,
                        act_bits=act_bits, layer_bits=layer_bits)
+    stored, nonzero = _storage_bits(model, weight_bits, layer_bits or {})
     report = {
         "params": count_params(model),
         "nonzero_params": count_nonzero(model),
         "macs": sum(r["macs"] for r in rows),
         "bops": float(sum(r["bops"] for r in rows)),
-        "bytes": model_bytes(model, weight_bits),
+        "bytes": math.ceil(stored / 8),
+        "nonzero_bytes": math.ceil(nonzero / 8),
         "bytes_fp32": model_bytes_fp32(model),
     }
     if with_latency:

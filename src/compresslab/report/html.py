@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from pathlib import Path
 
 ROLE_COLORS = {"parent": "#1f77b4", "child": "#d62728", "control": "#7f7f7f"}
@@ -204,9 +205,14 @@ def _sweep_section(results: dict) -> str:
             f'<img alt="pruning sweep" style="max-width:100%" src="{png}">')
 
 
-def write_report(results: dict, path: str | Path) -> Path:
+def write_page(path: str | Path, page: str) -> Path:
+    """Write ``page`` to ``path`` atomically (a temporary sibling, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(results))
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(page)
+    os.replace(tmp, path)
     return path
+
+
+def write_report(results: dict, path: str | Path) -> Path:
+    return write_page(path, render(results))

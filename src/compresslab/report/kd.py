@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
-from compresslab.report.html import _png
+from compresslab.report.html import _png, write_page
 
 LABELS = {"accuracy": "accuracy", "agreement": "agreement", "kappa": "kappa", "js_divergence": "JS (nats)",
           "activation_distance": "act. distance", "output_cosine": "output cos", "kl": "KL(t‖s)",
@@ -177,8 +176,4 @@ Wall time {results.get('seconds', 0):.1f} s.</p>
 
 
 def write_kd_report(results: dict, path: str | Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_kd(results))
-    os.replace(tmp, path)
-    return path
+    return write_page(path, render_kd(results))

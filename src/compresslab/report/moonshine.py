@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
-from compresslab.report.html import _png
+from compresslab.report.html import _png, write_page
 
 MODE_STYLE = {"scratch": ("o", "C0"), "at": ("s", "C3"), "at+kd": ("^", "C2"), "teacher": ("*", "k")}
 
@@ -49,7 +48,6 @@ def _row(r: dict) -> str:
 
 
 def write_moonshine_report(results: dict, path: str | Path) -> Path:
-    path = Path(path)
     spec = results["spec"]
     rows = _row(results["teacher"]) + "".join(_row(r) for r in sorted(results["students"],
                                                                         key=lambda r: r["cost"]["params"]))
@@ -79,7 +77,4 @@ distance compare each student's outputs with the teacher's.</p>
 <p>Steps run: {len(results['steps']['ran'])}, reused: {len(results['steps']['reused'])}.
 Wall time {results.get('seconds', 0):.1f} s.</p></body></html>
 """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
-    return path
+    return write_page(path, page)

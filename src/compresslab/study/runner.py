@@ -14,7 +14,7 @@ from compresslab.measure import compare_logits, latency
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, canonical_json, read_json
 from compresslab.study.spec import DistillChild, PruneChild, QuantizeChild, StudySpec
-from compresslab.study.steps import RUNNERS, data_of
+from compresslab.study.steps import RUNNERS, data_of, quantize_spec
 
 
 @dataclass
@@ -27,9 +27,10 @@ class Entry:
     step: Step
 
 
-def expand(spec: StudySpec) -> list[Entry]:
-    """The study's models in dependency order (parents before children)."""
-    data = {"name": spec.data, "val_fraction": spec.val_fraction, "seed": spec.seed}
+def expand(spec: StudySpec, data_seed: int | None = None) -> list[Entry]:
+    """The study's models in dependency order (parents before children). The data split
+    uses ``data_seed`` (default: ``spec.seed``, which also seeds every model)."""
+    data = {"name": spec.data, "val_fraction": spec.val_fraction, "seed": spec.seed if data_seed is None else data_seed}
     recipe = spec.recipe.model_dump()
 
     def train(model: dict, seed: int, label: str) -> Step:
@@ -39,6 +40,7 @@ def expand(spec: StudySpec) -> list[Entry]:
     parent = train(parent_model, spec.seed, "parent")
     entries = [Entry("parent", "parent", "train", parent)]
     scratch: dict[str, Step] = {}
+    built: dict[str, Step] = {}
     for c in spec.children:
         if isinstance(c, DistillChild):
             student = c.student.model_dump()
@@ -57,9 +59,17 @@ def expand(spec: StudySpec) -> list[Entry]:
             step = Step("prune", {"data": data, "amount": c.amount, "method": c.criterion, "scope": c.scope,
                                   "recipe": ft, "seed": spec.seed}, parents={"parent": parent}, label=c.name)
         elif isinstance(c, QuantizeChild):
-            step = Step("quantize", {"data": data, "scheme": c.scheme}, parents={"parent": parent}, label=c.name)
+            ft = {**recipe, "epochs": c.epochs, "lr": spec.recipe.lr / 10, "warmup_epochs": 0}
+            source = parent if c.source is None else built[c.source]
+            step = Step("quantize", quantize_spec(data, c.scheme, bits=c.bits, act_bits=c.act_bits,
+                                                  per_channel=c.per_channel, symmetric=c.symmetric,
+                                                  observer=c.observer, percentile=c.percentile,
+                                                  calib_batches=c.calib_batches,
+                                                  calib_batch_size=c.calib_batch_size, recipe=ft, seed=spec.seed),
+                        parents={"parent": source}, label=c.name)
         else:  # pragma: no cover - the spec's discriminated union is exhaustive
             raise AssertionError(c)
+        built[c.name] = step
         entries.append(Entry(c.name, "child", c.method, step))
     for s in spec.controls.seeds:
         entries.append(Entry(f"parent-seed{s}", "control", "independent", train(parent_model, s, f"parent-seed{s}")))

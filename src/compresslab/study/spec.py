@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compresslab.errors import UserError
 from compresslab.train import Recipe
@@ -47,7 +47,28 @@ class PruneChild(_Strict):
 class QuantizeChild(_Strict):
     method: Literal["quantize"]
     name: str
-    scheme: Literal["ptq-dynamic"] = "ptq-dynamic"
+    scheme: Literal["ptq-dynamic", "ptq-static", "fake", "qat"] = "ptq-dynamic"
+    bits: Union[Annotated[int, Field(ge=2, le=16)], dict[Literal["conv", "linear"], Annotated[int, Field(ge=2, le=16)]]] \
+        = Field(8, description="weight bits, or per layer type {conv: 4, linear: 8}; 8 for ptq-*")
+    act_bits: Union[Annotated[int, Field(ge=2, le=16)], dict[Literal["conv", "linear"], Annotated[int, Field(ge=2, le=16)]],
+                    None] = Field(None, description="fake/qat: bits of each quantised layer's input")
+    per_channel: bool = False
+    symmetric: bool = True
+    observer: Literal["minmax", "percentile"] = "minmax"
+    percentile: float = Field(99.99, gt=50, le=100)
+    calib_batches: int = Field(8, ge=1)
+    calib_batch_size: int = Field(128, ge=1)
+    epochs: int = Field(2, ge=0, description="qat: fine-tuning epochs at the study recipe's lr / 10")
+    source: str | None = Field(None, description="quantise this (prune) child instead of the parent")
+
+    @model_validator(mode="after")
+    def _int8(self) -> QuantizeChild:
+        if self.scheme.startswith("ptq-"):
+            bits = set(self.bits.values()) if isinstance(self.bits, dict) else {self.bits}
+            if bits != {8} or self.act_bits is not None:
+                raise ValueError(f"{self.scheme} runs real int8 kernels: bits must be 8 and act_bits unset; "
+                                 "use scheme fake or qat for other widths")
+        return self
 
 
 Child = Annotated[Union[DistillChild, PruneChild, QuantizeChild], Field(discriminator="method")]
@@ -108,7 +129,7 @@ def validate_spec(cls, raw: object, source: str):
 
 def parse_spec(raw: object, *, source: str = "spec"):
     """A :class:`StudySpec`, or the spec of another study kind (``kind: kurtosis``,
-    ``kd-functional``, ``moonshine`` or ``linear-substitution``)."""
+    ``kd-functional``, ``moonshine``, ``linear-substitution`` or ``compression-functional``)."""
     if isinstance(raw, dict) and raw.get("kind") == "kurtosis":
         from compresslab.study.kurtosis import parse_kurtosis_spec
 
@@ -125,9 +146,25 @@ def parse_spec(raw: object, *, source: str = "spec"):
         from compresslab.study.linear_substitution import parse_linear_spec
 
         return parse_linear_spec(raw, source=source)
+    if isinstance(raw, dict) and raw.get("kind") == "compression-functional":
+        from compresslab.study.compression_functional import parse_cf_spec
+
+        return parse_cf_spec(raw, source=source)
     spec = validate_spec(StudySpec, raw, source)
-    names = [c.name for c in spec.children]
+    check_children(spec.children, source)
+    return spec
+
+
+def check_children(children: list, source: str) -> None:
+    """Child names unique and not ``parent``; a quantised child's ``source`` names an earlier prune child."""
+    names = [c.name for c in children]
     dup = {n for n in names if names.count(n) > 1} | ({"parent"} & set(names))
     if dup:
         raise UserError(f"{source}: child names must be unique and not 'parent': {', '.join(sorted(dup))}")
-    return spec
+    prunes: list[str] = []
+    for c in children:
+        if isinstance(c, PruneChild):
+            prunes.append(c.name)
+        elif isinstance(c, QuantizeChild) and c.source is not None and c.source not in prunes:
+            raise UserError(f"{source}: child {c.name!r}: source {c.source!r} is not a prune child listed before "
+                            f"it (earlier prune children: {', '.join(prunes) or 'none'})")

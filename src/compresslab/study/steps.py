@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from compresslab.data import Dataset, load_dataset
+from compresslab.errors import UserError
 from compresslab.measure import cost_report
 from compresslab.models import create_model
 from compresslab.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -166,14 +167,81 @@ def _run_channel_prune(s: dict, model, data: Dataset, out: Path, callback) -> No
 
 
 def run_quantize(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
-    from compresslab.compress.quantize import DYNAMIC_INT8, quantized_layer_bits
+    """Quantise the parent: ``scheme`` ptq-dynamic / ptq-static (real int8), ``fake``
+    (simulated ``bits``, calibrated activation ranges) or ``qat`` (fake-quant, then
+    fine-tuning with ``recipe``; exact zeros of a pruned parent stay zero)."""
+    from compresslab.compress import quantize as q
+    from compresslab.compress.prune import apply_masks
 
     s = step.spec
     data = data_of(s)
     model, cfg = load_checkpoint(parents["parent"], apply_transforms=False)
-    transforms = [*cfg["transforms"], DYNAMIC_INT8]
-    finish_model(out, model, data, transforms=transforms,
-                 layer_bits=quantized_layer_bits(model, transforms))
+    if cfg["transforms"]:
+        kinds = ", ".join(t["kind"] for t in cfg["transforms"])
+        raise UserError(f"{parents['parent']} is already quantised ({kinds}); quantise its float parent instead")
+    scheme, extra = s["scheme"], {}
+    if scheme == "ptq-dynamic":
+        transform = q.DYNAMIC_INT8
+    else:
+        cal = s["calibration"]
+        batches = q.calibration_batches(data.x_train, cal["batches"], cal["batch_size"], s["seed"])
+        if scheme == "ptq-static":
+            transform = q.calibrate_static_int8(model, batches)
+        else:
+            opts = {k: s[k] for k in ("per_channel", "symmetric", "observer", "percentile")}
+            q.attach_fake_quant(model, s["bits"], act_bits=s.get("act_bits"), **opts)
+            if s.get("act_bits"):
+                q.calibrate(model, batches)
+            if scheme == "qat":
+                masks = {n: p != 0 for n, p in model.named_parameters() if bool((p == 0).any())}
+                result = fit(model, data, Recipe(**s["recipe"]), seed=s["seed"], callback=callback,
+                             after_step=(lambda m: apply_masks(m, masks)) if masks else None)
+                extra = _history(result)
+            ranges = q.act_ranges(model)
+            q.strip_fake_quant(model)
+            transform = q.fake_quant_transform(s["bits"], act_bits=s.get("act_bits"), ranges=ranges, **opts)
+    finish_model(out, model, data, transforms=[transform], layer_bits=q.quantized_layer_bits(model, [transform]),
+                 extra={**extra, "quantization": {"scheme": scheme, **{k: v for k, v in transform.items()
+                                                                        if k != "act_ranges"}}})
 
 
 RUNNERS = {"train": run_train, "distill": run_distill, "prune": run_prune, "quantize": run_quantize}
+
+
+QUANT_SCHEMES = ("ptq-dynamic", "ptq-static", "fake", "qat")
+
+
+def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: int | dict | None = None,
+                  per_channel: bool = False, symmetric: bool = True, observer: str = "minmax",
+                  percentile: float = 99.99, calib_batches: int = 8, calib_batch_size: int = 128,
+                  recipe: dict | None = None, seed: int = 0) -> dict:
+    """The step spec of a quantisation: only the keys ``scheme`` uses, so equal work hashes equally.
+    Raises :class:`UserError` for settings the scheme cannot honour."""
+    from compresslab.compress import quantize as q
+
+    if scheme not in QUANT_SCHEMES:
+        raise UserError(f"--scheme {scheme!r}: use one of {', '.join(QUANT_SCHEMES)}")
+    wbits, abits = q.per_type(bits, "--bits"), q.per_type(act_bits, "--act-bits")
+    if scheme.startswith("ptq-"):
+        if set(wbits.values()) != {8} or (abits and set(abits.values()) != {8}):
+            raise UserError(f"{scheme} runs real int8 kernels, so bits must be 8; use --scheme fake or qat "
+                            "for other widths")
+        if scheme == "ptq-dynamic":
+            return {"data": data, "scheme": scheme}
+    if observer not in q.OBSERVERS:
+        raise UserError(f"--observer {observer!r}: use {' or '.join(q.OBSERVERS)}")
+    if calib_batches < 1 or calib_batch_size < 1:
+        raise UserError(f"--calib-batches {calib_batches} x --calib-batch-size {calib_batch_size}: both must be >= 1")
+    if not 50 < percentile <= 100:
+        raise UserError(f"--percentile {percentile}: must be in (50, 100], e.g. 99.99")
+    spec = {"data": data, "scheme": scheme, "seed": seed,
+            "calibration": {"batches": calib_batches, "batch_size": calib_batch_size}}
+    if scheme == "ptq-static":
+        return spec
+    spec.update(bits=wbits, act_bits=abits, per_channel=per_channel, symmetric=symmetric, observer=observer,
+                percentile=percentile)
+    if scheme == "qat":
+        if recipe is None:
+            raise UserError("qat needs a fine-tuning recipe")
+        spec["recipe"] = recipe
+    return spec

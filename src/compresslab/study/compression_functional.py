@@ -1,0 +1,269 @@
+"""The ``compression-functional`` study: which compressions keep the parent's function?
+
+Mason-Williams & Dahlqvist ("Neural Network Compression: The Functional Perspective",
+ICLR 2024 workshop) report that quantised and pruned children stay functionally close
+to their parent, while KD students are about as far from it as independently trained
+models. This study checks that on the user's model and data, with replicates:
+
+* for each seed ``s`` in ``seeds``: a parent trained at ``s``, every child built from
+  that parent (KD students, pruned, quantised, pruned-then-quantised; the children
+  of :class:`compresslab.study.spec.StudySpec`), the parent architecture retrained at
+  ``1000 + s`` (the *independent* baseline) and each KD student's architecture trained
+  with CE only (*scratch*);
+* every model against its own replicate's parent on the ``split``: agreement, JS
+  divergence, activation distance, output cosine (and the rest of ``compare_logits``)
+  and linear CKA at the feature points both share;
+* per model: accuracy, params, bytes, BOPs, latency (first replicate, side by side)
+  and the compression ratio = parent's nonzero weight bits / the model's;
+* per model and metric, mean and 95% bootstrap CI over replicates, and a one-sided
+  test (Welch + exact permutation, Holm across the whole family) of "more similar to
+  the parent than an independent retrain".
+
+Outputs: ``runs/studies/<name>-<hash12>/results.json``, ``report.html`` and
+``fidelity.png`` (fidelity against compression ratio, one series per family, the
+independent baseline as a band).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compresslab.errors import UserError
+from compresslab.runs.store import RunStore, canonical_json, read_json
+from compresslab.study.spec import Child, ModelSpec, check_children, validate_spec
+from compresslab.train.recipe import Recipe
+
+OTHER_SEED = 1000  # the independent retrain of replicate s is trained at OTHER_SEED + s
+#: Similarity metrics and whether larger means "closer to the parent".
+METRICS = {"agreement": True, "kappa": True, "js_divergence": False, "activation_distance": False,
+           "output_cosine": True, "cka": True}
+FAMILIES = ("distillation", "pruning", "quantization", "pruning+quantization", "scratch", "independent")
+
+
+class CompressionFunctionalSpec(BaseModel):
+    """A compression-functional study (``kind: compression-functional``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["compression-functional"]
+    name: str = "compression-functional"
+    data: str = "mnist1d"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    data_seed: int = Field(0, description="seed of the validation split, the same for every replicate")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=2,
+                             description="one replicate per seed: its parent, children and controls")
+    parent: ModelSpec
+    recipe: Recipe = Field(default_factory=Recipe)
+    children: list[Child] = Field(min_length=1)
+    student_from_scratch: bool = Field(True, description="control: each KD student's architecture with CE only")
+    metrics: list[Literal[tuple(METRICS)]] = Field(
+        default_factory=lambda: ["agreement", "js_divergence", "cka"],
+        min_length=1, description="metrics tested against the independent baseline (all are reported)")
+    cka_points: list[str] | None = Field(None, description="default: the feature points parent and model share")
+    latency: bool = True
+    split: Literal["val", "test"] = "test"
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct")
+        if any(s >= OTHER_SEED for s in v):
+            raise ValueError(f"seeds must be below {OTHER_SEED} (independent retrains use {OTHER_SEED} + seed)")
+        return v
+
+
+def parse_cf_spec(raw: object, *, source: str = "compression-functional spec") -> CompressionFunctionalSpec:
+    spec = validate_spec(CompressionFunctionalSpec, raw, source)
+    check_children(spec.children, source)
+    return spec
+
+
+def family(entry, children: dict) -> str:
+    if entry.method in ("independent", "scratch"):
+        return entry.method
+    if entry.method == "quantize" and children[entry.name].source is not None:
+        return "pruning+quantization"
+    return {"distill": "distillation", "prune": "pruning", "quantize": "quantization"}.get(entry.method, entry.method)
+
+
+def replicates(spec: CompressionFunctionalSpec) -> dict[int, list]:
+    """``{seed: entries}``: each replicate is the plain study of its parent (``runner.expand``)."""
+    from compresslab.study.runner import expand
+    from compresslab.study.spec import Controls, StudySpec
+
+    out = {}
+    for s in spec.seeds:
+        sub = StudySpec(name=spec.name, data=spec.data, val_fraction=spec.val_fraction, seed=s, parent=spec.parent,
+                        recipe=spec.recipe, children=spec.children, split=spec.split, latency=False,
+                        controls=Controls(seeds=[OTHER_SEED + s], student_from_scratch=spec.student_from_scratch))
+        entries = expand(sub, data_seed=spec.data_seed)
+        for e in entries:
+            if e.method == "independent":
+                e.name = "independent"
+        out[s] = entries
+    return out
+
+
+def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, list], progress=None) -> list[dict]:
+    """One row per (model, replicate): accuracy, cost, every metric against that replicate's parent."""
+    from compresslab.measure import compare_logits, latency
+    from compresslab.measure.cka import cka_between
+    from compresslab.runs.checkpoint import load_checkpoint
+    from compresslab.study.steps import data_of
+
+    children = {c.name: c for c in spec.children}
+    rows = []
+    first = spec.seeds[0]
+    with progress.task("measure: function metrics, CKA, latency") if progress else nullcontext():
+        for seed, entries in reps.items():
+            data = data_of(entries[0].step.spec)
+            x, _ = data.split(spec.split)
+            if len(x) < 4:
+                raise UserError(f"the {spec.split} split has {len(x)} examples; the metrics need more "
+                                "(use split: test or a larger val_fraction)")
+            parent_dir = store.path(entries[0].step)
+            parent_logits = np.load(parent_dir / f"logits_{spec.split}.npy")
+            parent_model, _ = load_checkpoint(parent_dir)
+            parent_bits = read_json(parent_dir / "metrics.json")["cost"]["nonzero_bytes"]
+            scratch = {canonical_json(e.step.spec["model"]): e.name for e in entries if e.method == "scratch"}
+            for e in entries:
+                d = store.path(e.step)
+                metrics = read_json(d / "metrics.json")
+                cost = dict(metrics["cost"])
+                model, _ = load_checkpoint(d)
+                if spec.latency and seed == first:
+                    cost["latency_ms"] = latency(model, data.input_shape)
+                fam = "parent" if e.role == "parent" else family(e, children)
+                row = {"name": e.name, "family": fam, "seed": seed, "step": d.name,
+                       "accuracy": metrics["accuracy"][spec.split], "cost": cost,
+                       "compression_ratio": parent_bits / max(1, cost["nonzero_bytes"]),
+                       "function": compare_logits(parent_logits, np.load(d / f"logits_{spec.split}.npy"))}
+                if e.method == "distill" and spec.student_from_scratch:
+                    row["scratch_control"] = scratch[canonical_json(e.step.spec["student"])]
+                if "sparsity" in metrics:
+                    row["sparsity"] = metrics["sparsity"]["global"]
+                if "quantization" in metrics:
+                    row["quantization"] = metrics["quantization"]
+                if e.role != "parent":
+                    row["cka_points"] = _cka(cka_between, parent_model, model, x, spec.cka_points)
+                    vals = [v for v in row["cka_points"].values() if v is not None]
+                    row["function"]["cka"] = float(np.mean(vals)) if vals else None
+                rows.append(row)
+    return rows
+
+
+def _cka(cka_between, parent, model, x, points) -> dict[str, float | None]:
+    """Unbiased linear CKA per shared feature point; empty when the model exposes none
+    (a torch int8 graph), None where a point's CKA is undefined."""
+    try:
+        res = cka_between(parent, model, x, points=points)
+    except UserError:
+        if points is not None:
+            raise
+        return {}
+    except (RuntimeError, NotImplementedError):  # quantised tensors at a feature point
+        return {}
+    return {k: v["unbiased"] for k, v in res.items()}
+
+
+def analyse(spec: CompressionFunctionalSpec, rows: list[dict]) -> dict:
+    """Per-model summaries over replicates, the tests against the independent baseline,
+    and one headline per family."""
+    from compresslab.measure import stats
+
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    by_name = {n: [r for r in rows if r["name"] == n] for n in names}
+
+    def vals(group, metric):
+        out = []
+        for r in group:
+            v = r["accuracy"] if metric == "accuracy" else r["function"].get(metric)
+            if v is not None:
+                out.append(v)
+        return out
+
+    summaries = {}
+    for n, group in by_name.items():
+        summ = {"family": group[0]["family"], "n": len(group),
+                "compression_ratio": float(np.mean([r["compression_ratio"] for r in group])),
+                "cost": next((r["cost"] for r in group if "latency_ms" in r["cost"]), group[0]["cost"])}
+        for metric in ("accuracy", *METRICS):
+            v = vals(group, metric)
+            summ[metric] = stats.summarize(v, seed=spec.seeds[0]) if v and (metric == "accuracy" or n != "parent") \
+                else None
+        summaries[n] = summ
+
+    notes = []
+    comparisons = []
+    for n, group in by_name.items():
+        if n in ("parent", "independent"):
+            continue
+        # every model against the independent retrain; a KD student also against its
+        # architecture trained from scratch (the paper's control for distillation)
+        for control in ("independent", group[0].get("scratch_control")):
+            if control is None:
+                continue
+            for metric in spec.metrics:
+                a, b = vals(group, metric), vals(by_name[control], metric)
+                if len(a) < 2 or len(b) < 2:
+                    notes.append(f"{metric}: {n} vs {control} not tested (fewer than 2 defined values)")
+                    continue
+                comparisons.append({"a": a, "b": b, "higher_is_better": METRICS[metric], "metric": metric,
+                                    "label_a": n, "label_b": control, "family": group[0]["family"],
+                                    "claim": "closer to the parent", "noun": "models", "unit": "replicates"})
+    tests = stats.compare_many(comparisons, alpha=spec.alpha, design_note=False) if comparisons else []
+    if tests and stats.permutation_floor(tests) >= spec.alpha:
+        notes.append(f"With {len(spec.seeds)} replicates and {len(tests)} tests the exact permutation test cannot "
+                     f"reach p<{spec.alpha:g} after Holm (smallest reachable: {stats.permutation_floor(tests):.2g}); "
+                     "significance rests on Welch's test. More seeds let the permutation test confirm it.")
+    return {"summaries": summaries, "tests": tests, "notes": notes, "headline": headline(tests, spec.metrics)}
+
+
+def headline(tests: list[dict], metrics: list[str]) -> list[str]:
+    """Per family and control: how many of its models are significantly closer to the
+    parent than the control, on each tested metric."""
+    lines = []
+    for fam, control in dict.fromkeys((t["family"], "scratch" if t["label_b"] != "independent" else "independent")
+                                      for t in tests):
+        ts = [t for t in tests if t["family"] == fam and (t["label_b"] == "independent") == (control == "independent")]
+        parts = []
+        for m in metrics:
+            sig = [t for t in ts if t["metric"] == m]
+            if sig:
+                parts.append(f"{m} {sum(t['significant'] for t in sig)}/{len(sig)}")
+        what = "an independent retrain" if control == "independent" else "the same architecture trained from scratch"
+        lines.append(f"{fam}: models significantly closer to the parent than {what}: {', '.join(parts)}")
+    return lines
+
+
+def run_cf_study(spec: CompressionFunctionalSpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
+    """Run (or resume) the study; write ``results.json``, ``report.html`` and ``fidelity.png``."""
+    from compresslab.report.compression import plot_fidelity, write_cf_report
+    from compresslab.study.runner import Entry, publish, run_steps
+    from compresslab.study.steps import data_of
+
+    t0 = time.perf_counter()
+    store = RunStore(runs)
+    reps = replicates(spec)
+    flat = [Entry(f"{e.name}@s{s}", e.role, e.method, e.step) for s, entries in reps.items() for e in entries]
+    ran = run_steps(flat, store, progress)
+    rows = measure(spec, store, reps, progress)
+    data = data_of(reps[spec.seeds[0]][0].step.spec)
+    results = {
+        "study": spec.name, "kind": "compression-functional", "split": spec.split,
+        "data": {"name": data.name, "sizes": data.sizes(), "num_classes": data.num_classes,
+                 "input_shape": list(data.input_shape), "notes": data.notes},
+        "num_threads": torch.get_num_threads(),
+        "models": rows, **analyse(spec, rows),
+    }
+    out = publish(spec, store, results, ran, write_cf_report, t0)
+    plot_fidelity(results, out / "fidelity.png")
+    return results, out
