@@ -41,7 +41,6 @@ from torch.nn.utils import parametrize
 from compresslab.errors import UserError
 
 DYNAMIC_INT8 = {"kind": "quantize-dynamic", "dtype": "qint8", "modules": ["Linear"]}
-QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 LAYER_TYPES = ("conv", "linear")
 OBSERVERS = ("minmax", "percentile")
 MIN_BITS, MAX_BITS = 2, 16

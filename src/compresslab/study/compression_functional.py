@@ -43,7 +43,6 @@ OTHER_SEED = 1000  # the independent retrain of replicate s is trained at OTHER_
 #: Similarity metrics and whether larger means "closer to the parent".
 METRICS = {"agreement": True, "kappa": True, "js_divergence": False, "activation_distance": False,
            "output_cosine": True, "cka": True}
-FAMILIES = ("distillation", "pruning", "quantization", "pruning+quantization", "scratch", "independent")
 
 
 class CompressionFunctionalSpec(BaseModel):

@@ -44,14 +44,16 @@ class PruneChild(_Strict):
     finetune_batch_size: int | None = Field(None, ge=1, description="default: the study recipe's")
 
 
+Bits = Annotated[int, Field(ge=2, le=16)]
+BitWidths = Union[Bits, dict[Literal["conv", "linear"], Bits]]
+
+
 class QuantizeChild(_Strict):
     method: Literal["quantize"]
     name: str
     scheme: Literal["ptq-dynamic", "ptq-static", "fake", "qat"] = "ptq-dynamic"
-    bits: Union[Annotated[int, Field(ge=2, le=16)], dict[Literal["conv", "linear"], Annotated[int, Field(ge=2, le=16)]]] \
-        = Field(8, description="weight bits, or per layer type {conv: 4, linear: 8}; 8 for ptq-*")
-    act_bits: Union[Annotated[int, Field(ge=2, le=16)], dict[Literal["conv", "linear"], Annotated[int, Field(ge=2, le=16)]],
-                    None] = Field(None, description="fake/qat: bits of each quantised layer's input")
+    bits: BitWidths = Field(8, description="weight bits, or per layer type {conv: 4, linear: 8}; 8 for ptq-*")
+    act_bits: BitWidths | None = Field(None, description="fake/qat: bits of each quantised layer's input")
     per_channel: bool = False
     symmetric: bool = True
     observer: Literal["minmax", "percentile"] = "minmax"
