@@ -95,16 +95,26 @@ def test_resume_after_kill_reruns_nothing_finished(tmp_path):
                 {p.name for p in d.iterdir()}
 
 
-def test_nan_loss_stops_with_the_step_named_and_keeps_finished_steps(capsys, tmp_path):
+def test_nan_step_fails_alone_and_the_study_reports_it_incomplete(capsys, tmp_path):
+    import json
+
     from conftest import TINY_STUDY
 
     spec_path = tmp_path / "nan.yaml"
     spec_path.write_text(TINY_STUDY.format(epochs=1).replace(
         "{name: pruned, method: prune, amount: 0.5}", "{name: pruned, method: prune, amount: 0.5, finetune_lr: 1e37}"))
     runs = tmp_path / "runs"
-    assert main(["study", str(spec_path), "--runs", str(runs), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "loss became" in err and "pruned" in err
-    parent_dir = runs / expand(load_spec(spec_path))[0].step.dirname
-    assert (parent_dir / "model.safetensors").is_file()
-    assert not any(d.name.startswith("prune-") for d in runs.iterdir())
+    assert main(["study", str(spec_path), "--runs", str(runs), "--quiet", "--json"]) == 3
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "study incomplete: 1 step(s) failed" in err and "pruned: " in err
+    assert "loss became" in err
+    results = json.loads(out)
+    assert list(results["failed"]) == ["pruned"] and "loss became" in results["failed"]["pruned"]
+    assert {m["name"] for m in results["models"]} == {"parent", "kd", "int8", "parent-seed1", "kd-scratch"}
+    entries = {e.name: e for e in expand(load_spec(spec_path))}
+    assert (runs / entries["int8"].step.dirname / "model.safetensors").is_file()  # independent branches finished
+    assert not any(d.name.startswith("prune-") for d in runs.iterdir())  # nothing half-written
+    record = json.loads((runs / ".failed" / f"{entries['pruned'].step.dirname}.json").read_text())
+    assert record["label"] == "pruned" and "loss became" in record["reason"]
+    report = next((runs / "studies").iterdir()) / "report.html"
+    assert "Incomplete: 1 step(s) failed" in report.read_text()

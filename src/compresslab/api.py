@@ -31,24 +31,42 @@ def _recipe(recipe_file: Path | None, overrides: dict):
 
 def train_model(model: str, data: str, *, options: dict | None = None, recipe_file: Path | None = None,
                 overrides: dict | None = None, seed: int = 0, val_fraction: float = 0.1,
-                runs: str | Path = "runs", progress=None) -> dict:
+                runs: str | Path = "runs", progress=None, nproc: int = 1) -> dict:
     """Train ``model`` on ``data`` as a run-store step; returns the checkpoint path and metrics.
 
     The checkpoint directory is named by a hash of the full spec, so the same call twice
-    trains once.
+    trains once. ``nproc`` > 1 trains data-parallel in that many processes (torch DDP
+    through torchrun, see :mod:`compresslab.train.distributed`); ``nproc`` is then part
+    of the spec.
     """
     from compresslab.runs.store import RunStore, Step, read_json
     from compresslab.study.steps import RUNNERS, build, dataset
 
+    if nproc < 1:
+        raise UserError(f"--nproc {nproc}: must be at least 1 (the number of training processes)")
     recipe = _recipe(recipe_file, overrides or {})
     ds = dataset(data, val_fraction, seed)
     build({"name": model, "options": options or {}}, ds, seed)  # validate name and options before any work
-    step = Step("train", {"data": {"name": data, "val_fraction": val_fraction, "seed": seed},
-                          "model": {"name": model, "options": options or {}},
-                          "recipe": recipe.model_dump(), "seed": seed}, label=model)
+    spec = {"data": {"name": data, "val_fraction": val_fraction, "seed": seed},
+            "model": {"name": model, "options": options or {}}, "recipe": recipe.model_dump(), "seed": seed}
+    if nproc > 1:
+        if min(recipe.batch_size, ds.sizes()["train"]) < nproc:
+            raise UserError(f"--nproc {nproc}: each batch is split over the processes, so the batch size "
+                            f"({recipe.batch_size}) and the training split ({ds.sizes()['train']}) need at least "
+                            f"{nproc} examples")
+        spec["nproc"] = nproc
+    step = Step("train", spec, label=model)
     store = RunStore(runs)
     with (progress.task(f"train {model}") if progress else nullcontext(None)) as callback:
-        out, ran = store.run(step, lambda d: RUNNERS["train"](step, d, {}, callback))
+        if nproc == 1:
+            out, ran = store.run(step, lambda d: RUNNERS["train"](step, d, {}, callback))
+        elif store.is_done(step):
+            out, ran = store.path(step), False
+        else:
+            from compresslab.train.distributed import launch
+
+            r = launch({"spec": spec, "label": model, "runs": str(runs)}, nproc, callback)
+            out, ran = Path(r["checkpoint"]), r["ran"]
     metrics = read_json(out / "metrics.json")
     return {"checkpoint": str(out), "reused": not ran, "accuracy": metrics["accuracy"],
             "train_seconds": metrics.get("train_seconds")}
@@ -272,6 +290,9 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
     spec = {"data": {"name": data, "val_fraction": val_fraction, "seed": seed},
             "student": {"name": student, "options": options or {}}, "seed": seed, "temperature": temperature,
             "recipe": recipe.model_dump(), "loss": dict(loss or {"kd": 0.9, "ce": 0.1})}
+    unknown = sorted(set(spec["loss"]) - {"ce", "kd", "at", "hint"})
+    if unknown:  # checked here so that a bad loss writes nothing
+        raise UserError(f"loss: unknown term {unknown[0]!r}; available terms: at, ce, hint, kd")
     parents = {"teacher": parent}
     if teacher_kind == "untrained":
         cfg = read_model_json(checkpoint)["model"]

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from compresslab.errors import UserError
+from compresslab.errors import StudyIncomplete, UserError
 
 app = typer.Typer(
     name="compresslab",
@@ -110,12 +110,14 @@ def train(
     runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torch DDP through torchrun, gloo on CPU); each batch is split over them. 1 trains in this process."),
 ):
     """Train a model; print its checkpoint directory.
 
     \b
-    Example:
+    Examples:
       compresslab train --model cnn1d --data mnist1d --epochs 10 --option width=64
+      compresslab train --model cnn1d --data mnist1d --epochs 10 --nproc 2   # 2 DDP processes
     """
     from compresslab.api import train_model
     from compresslab.progress import RichProgress
@@ -124,7 +126,7 @@ def train(
                                    "precision": precision}.items() if v is not None}
     with RichProgress(quiet=quiet) as progress:
         result = train_model(model, data, options=parse_options(option), recipe_file=recipe,
-                             overrides=overrides, seed=seed, runs=runs, progress=progress)
+                             overrides=overrides, seed=seed, runs=runs, progress=progress, nproc=nproc)
     _emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
 
 
@@ -369,6 +371,53 @@ def export(
         _table(f"export {checkpoint.name}", rows)
 
     _emit(result, as_json, human)
+
+
+@app.command()
+def doctor(
+    runs: Path = typer.Argument(..., help="A run store directory (the --runs of your commands)."),
+    remove: bool = typer.Option(False, "--remove", help="Delete the broken steps, stale temp dirs and free lock files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the diagnosis as JSON."),
+):
+    """Check every step of a run store; list (and with --remove delete) the broken ones.
+
+    A step is broken when a file cannot be read back (spec.json, model.json, metrics.json,
+    model.safetensors, *.npy). Removing it is safe: the next run rebuilds only that step.
+    Also lists temp dirs of dead processes, unheld lock files and failed steps with reasons.
+    Exit code 1 while broken steps remain.
+
+    JSON keys: root, steps, broken [{step, problems}], stale_tmp, stale_locks, failed
+    [{step, label, reason}], healthy (and removed with --remove).
+
+    \b
+    Example:
+      compresslab doctor runs            # diagnose
+      compresslab doctor runs --remove   # then re-run the study
+    """
+    from compresslab.runs.doctor import diagnose, repair
+
+    report = diagnose(runs)
+    if remove:
+        report["removed"] = repair(report)
+        report["healthy"] = True
+
+    def human(r):
+        typer.echo(f"{r['root']}: {r['steps']} steps, {len(r['broken'])} broken")
+        for b in r["broken"]:
+            typer.echo(f"  broken {b['step']}: {'; '.join(b['problems'])}")
+        for f in r["failed"]:
+            typer.echo(f"  failed {f['step']} ({f['label']}): {f['reason']}")
+        if r["stale_tmp"] or r["stale_locks"]:
+            typer.echo(f"  {len(r['stale_tmp'])} stale temp dirs, {len(r['stale_locks'])} free lock files")
+        if remove:
+            rm = r["removed"]
+            typer.echo(f"removed {len(rm['removed_steps'])} broken steps, {len(rm['removed_tmp'])} temp dirs, "
+                       f"{len(rm['removed_locks'])} lock files; run the study again to rebuild them")
+        elif r["broken"]:
+            typer.echo(f"run `compresslab doctor {runs} --remove`, then the study again")
+
+    _emit(report, as_json, human)
+    return 0 if report["healthy"] else 1
 
 
 def parse_loss(text: str | None) -> dict | None:
@@ -649,20 +698,28 @@ def study(
     spec: Optional[Path] = typer.Argument(None, help="Study spec (YAML). Without it: the default study on mnist1d."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Run a built-in spec by name: " + ", ".join(
         sorted(p.stem for p in (Path(__file__).parent / "study" / "presets").glob("*.yaml"))) + "."),
-    runs: Path = typer.Option(Path("runs"), "--runs", help=RUNS_HELP),
+    runs: str = typer.Option("runs", "--runs", help=RUNS_HELP + " A directory, or an fsspec URL (s3://bucket/prefix) shared by every worker."),
+    executor: str = typer.Option("local", "--executor", help="local (this process, or --workers processes) or ray (one Ray task per step)."),
+    workers: int = typer.Option(1, "--workers", help="local: steps run in this many worker processes, each as soon as its parents are done."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: auto or HOST:PORT of an existing cluster (default: start a local one)."),
+    cpus_per_step: int = typer.Option(1, "--cpus-per-step", help="ray: CPUs each step asks for (also its torch threads)."),
+    gpus_per_step: float = typer.Option(0.0, "--gpus-per-step", help="ray: GPUs each step asks for."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ):
     """Run a study (train the parent, make children, controls), write report.html and results.json.
 
-    Re-running resumes: every finished step is reused from the run store.
+    Re-running resumes: every finished step is reused from the run store. A step that
+    fails (e.g. its loss goes NaN) is recorded with its reason; independent steps still
+    run, the report lists the failure, and the exit code is 3 (study incomplete).
 
     \b
     Examples:
       compresslab study                 # the default study on mnist1d
       compresslab study --preset kd-functional   # KD vs controls, 6 conditions x 5 seeds
       compresslab study --preset compression-functional   # KD, pruning, quantisation vs retrains
-      compresslab study my-study.yaml --runs /scratch/runs
+      compresslab study my-study.yaml --runs /scratch/runs --workers 2
+      compresslab study my-study.yaml --executor ray --ray-address auto --runs s3://bucket/runs
     """
     from compresslab.progress import RichProgress
     from compresslab.study import load_spec, run_study
@@ -679,10 +736,17 @@ def study(
                        MoonshineSpec: (run_moonshine_study, _print_moonshine),
                        LinearSubstitutionSpec: (run_linear_study, _print_moonshine),
                        CompressionFunctionalSpec: (run_cf_study, _print_cf)}.get(type(s), (run_study, None))
-    with RichProgress(quiet=quiet) as progress:
+    from compresslab.runs.executor import Execution, using
+    from compresslab.study.steps import preflight
+
+    execution = Execution(executor, workers, ray_address, cpus_per_step, gpus_per_step)
+    preflight(s)
+    with RichProgress(quiet=quiet) as progress, using(execution):
         results, out = runner(s, runs, progress=progress)
     if as_json:
         typer.echo(json.dumps(results, indent=2, sort_keys=True))
+        if results.get("failed"):
+            raise StudyIncomplete(results["failed"])
         return
     if printer is not None:
         printer(results, out)
@@ -700,6 +764,8 @@ def study(
     _console().print(t)
     typer.echo(f"report: {out / 'report.html'}")
     typer.echo(f"results: {out / 'results.json'}")
+    if results.get("failed"):
+        raise StudyIncomplete(results["failed"])
 
 
 def _print_kurtosis(results: dict, out: Path) -> None:
@@ -806,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, standalone_mode=False)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
-        return 2
+        return getattr(e, "exit_code", 2)
     except Exit as e:
         return e.exit_code
     except Abort:

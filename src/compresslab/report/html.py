@@ -163,6 +163,7 @@ td:first-child, th:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: 
 th {{ background: #f3f3f3; }} .plots img {{ max-width: 49%; }}
 </style></head><body>
 <h1>Study <code>{e(results['study'])}</code></h1>
+{_failed_section(results)}
 <p>Data <code>{e(d['name'])}</code>: {', '.join(f'{k} {v}' for k, v in d['sizes'].items())} examples,
 {d['num_classes']} classes, input {tuple(d['input_shape'])}. Metrics on the <b>{e(results['split'])}</b> split.
 Latency measured with {results['num_threads']} threads, every model in one process at report time.</p>
@@ -183,6 +184,16 @@ models are. A child is only "functionally close" if it beats this.</p>
 Wall time {results.get('seconds', 0):.1f} s.</p>
 </body></html>
 """
+
+
+def _failed_section(results: dict) -> str:
+    failed = results.get("failed") or {}
+    if not failed:
+        return ""
+    rows = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in failed.items())
+    return (f'<div style="border:2px solid #c00;padding:0 1em;margin:1em 0"><h2>Incomplete: {len(failed)} step(s) '
+            f"failed</h2><ul>{rows}</ul><p>Every other step finished. The tables below leave the failed models "
+            "out; fix the cause and run the study again (finished steps are reused).</p></div>")
 
 
 def _sweep_section(results: dict) -> str:

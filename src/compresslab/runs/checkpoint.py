@@ -69,7 +69,8 @@ def load_checkpoint(directory: str | Path, *, apply_transforms: bool = True) -> 
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{weights}: unreadable safetensors file ({e}); delete the step and re-run") from None
+        raise UserError(f"{weights}: unreadable safetensors file ({e}); `compresslab doctor <run store> --remove` "
+                        "deletes broken steps, then re-run") from None
     load_state_checked(model, state, source=str(weights), against=str(directory / "model.json"))
     model.eval()
     if apply_transforms:

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from compresslab.errors import UserError
+from compresslab.errors import StudyIncomplete
+from compresslab.runs.executor import execute
 from compresslab.measure import compare_logits, latency
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, canonical_json, read_json
 from compresslab.study.spec import DistillChild, PruneChild, QuantizeChild, StudySpec
-from compresslab.study.steps import RUNNERS, data_of, quantize_spec
+from compresslab.study.steps import data_of, quantize_spec
 
 
 @dataclass
@@ -79,22 +79,18 @@ def expand(spec: StudySpec, data_seed: int | None = None) -> list[Entry]:
 
 
 def run_steps(entries: list[Entry], store: RunStore, progress=None) -> dict[str, bool]:
-    """Run every entry's step (parents first); returns ``{name: ran}`` (False = reused)."""
-    ran = {}
-    for e in entries:
-        parents = {role: store.path(p) for role, p in e.step.parents.items()}
-        task = progress.task(f"{e.name} ({e.step.kind})") if progress else nullcontext(None)
-        try:
-            with task as callback:
-                _, ran[e.name] = store.run(e.step, lambda out: RUNNERS[e.step.kind](e.step, out, parents, callback))
-        except UserError as err:
-            raise UserError(f"study step {e.name!r} ({e.step.kind}) failed: {err}; finished steps are kept "
-                            "and reused when you run the study again") from None
+    """Run every entry's step (parents first) with the current executor; returns
+    ``{name: ran}`` (False = reused). Raises :class:`StudyIncomplete` after everything
+    that could run has run if any step failed."""
+    ran, failed = execute(entries, store, progress)
+    if failed:
+        raise StudyIncomplete(failed)
     return ran
 
 
 def collect(spec: StudySpec, entries: list[Entry], store: RunStore, *, with_latency: bool) -> dict:
-    """Accuracy, cost, latency and every function metric against the parent, per model."""
+    """Accuracy, cost, latency and every function metric against the parent, per model
+    (``entries`` that finished)."""
     split = spec.split
     data = data_of(entries[0].step.spec)
     parent_logits = np.load(store.path(entries[0].step) / f"logits_{split}.npy")
@@ -158,8 +154,11 @@ def publish(spec, store: RunStore, results: dict, ran: dict[str, bool], report, 
         results["seconds"] = time.perf_counter() - t0
     out = study_dir(spec, store.root)
     out.mkdir(parents=True, exist_ok=True)
+    results["store"] = store.location
     write_json(out / "results.json", results)
     report(results, out / "report.html")
+    if store.remote:  # shared stores get the study's outputs too
+        store.upload_dir(out, f"studies/{out.name}")
     return out
 
 
@@ -170,6 +169,9 @@ def run_study(spec: StudySpec, runs: str | Path = "runs", *, progress=None) -> t
     t0 = time.perf_counter()
     store = RunStore(runs)
     entries = expand(spec)
-    ran = run_steps(entries, store, progress)
-    results = collect(spec, entries, store, with_latency=spec.latency)
+    ran, failed = execute(entries, store, progress)
+    if "parent" in failed:
+        raise StudyIncomplete(failed)
+    results = collect(spec, [e for e in entries if e.name not in failed], store, with_latency=spec.latency)
+    results["failed"] = failed  # the report lists them; the CLI exits with code 3
     return results, publish(spec, store, results, ran, write_report, t0)

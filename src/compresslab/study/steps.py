@@ -245,3 +245,29 @@ def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: in
             raise UserError("qat needs a fine-tuning recipe")
         spec["recipe"] = recipe
     return spec
+
+
+def preflight(spec) -> None:
+    """Load the spec's dataset and build each model it names once (untrained), so a bad
+    dataset, model name or option fails with a :class:`UserError` before anything is written."""
+    raw = spec.model_dump(mode="json")
+    data = dataset(raw.get("data", "mnist1d"), raw.get("val_fraction", 0.1), raw.get("data_seed", raw.get("seed", 0)))
+    if data.x_train.shape[0] == 0:
+        raise UserError(f"dataset {data.name} has no training examples")
+    seen = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if set(node) == {"name", "options"} and isinstance(node["name"], str):
+                key = repr(node)
+                if key not in seen:
+                    seen.add(key)
+                    build(node, data, 0)
+                return
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(raw)

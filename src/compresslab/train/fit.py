@@ -53,6 +53,17 @@ def _nan_message(value: float, epoch: int, step: int, global_step: int) -> str:
             "lower the learning rate or check the data")
 
 
+def _sum_over_ranks(loss_sum: float, correct: torch.Tensor, seen: int) -> tuple[float, torch.Tensor, int]:
+    """Epoch totals over every rank of the initialised process group (unchanged without one)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return loss_sum, correct, seen
+    sums = torch.tensor([loss_sum, float(correct), float(seen)], dtype=torch.float64)
+    dist.all_reduce(sums)
+    return float(sums[0]), sums[1].long(), int(sums[2])
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -65,6 +76,7 @@ def fit(
     after_step: Callable[[nn.Module], None] | None = None,
     max_steps: int | None = None,
     weight_decay_scale: dict[str, float] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data.x_train`` / ``data.y_train`` following ``recipe``.
 
@@ -79,6 +91,13 @@ def fit(
       ``recipe.epochs``).
     - ``weight_decay_scale``: ``{parameter name: factor}`` multiplies the recipe's weight
       decay for those parameters (e.g. structured layers by their compression ratio).
+    - ``shard=(rank, world_size)``: data-parallel training (the caller wraps ``model`` in
+      ``DistributedDataParallel``, which averages gradients). Every rank draws the same
+      global batches (and augmentation) from ``seed`` and trains on contiguous slice
+      ``rank`` of ``world_size``; a tail batch with fewer than ``world_size`` examples is
+      dropped by every rank. Each slice's loss is weighted by its share of the batch, so
+      the averaged gradient is that of the whole batch. Step events describe this rank's
+      slices; under an initialised process group the history sums over all ranks.
 
     ``recipe.precision == "fast"``: 4-D inputs and the model go channels_last, and the
     forward runs under bf16 autocast when the CPU supports bf16 natively
@@ -101,6 +120,14 @@ def fit(
                         f"got examples of shape {tuple(x.shape[1:])}; use augment: none")
     bs = recipe.batch_size
     steps_per_epoch = math.ceil(n / bs)
+    if shard is not None:
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard={shard}: need 0 <= rank < world_size")
+        if min(bs, n) < world:
+            raise UserError(f"batch size {bs} on {n} training examples cannot be split over {world} processes; "
+                            f"use a batch size of at least {world}")
+        steps_per_epoch = n // bs + (n % bs >= world)
     total_steps = recipe.epochs * steps_per_epoch
     if max_steps is not None:
         total_steps = min(total_steps, max(0, max_steps))
@@ -153,9 +180,16 @@ def fit(
                 loss_sum = 0.0
                 correct = torch.zeros((), dtype=torch.long)  # read back at epoch end (or by the callback)
                 for step, (idx, xb, yb) in enumerate(batches(x, y, bs, shuffle=True, generator=gen), 1):
+                    if shard is not None and yb.shape[0] < world:
+                        break  # a tail batch too small to split: every rank drops it
                     global_step += 1
-                    if crop or flip:
+                    if crop or flip:  # of the whole batch, so every rank's generator stays in step
                         xb = augment(xb, crop_padding=crop, flip=flip, generator=gen)
+                    weight = 1.0
+                    if shard is not None:
+                        global_nb = yb.shape[0]
+                        idx, xb, yb = (t.tensor_split(world)[rank] for t in (idx, xb, yb))
+                        weight = world * yb.shape[0] / global_nb
                     if channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     if buffers:
@@ -171,7 +205,7 @@ def fit(
                             torch._foreach_copy_(buffers, saved)
                         raise UserError(_nan_message(loss_v, epoch, step, global_step))
                     optimizer.zero_grad(set_to_none=True)
-                    total.backward()
+                    (total if weight == 1.0 else total * weight).backward()
                     optimizer.step()
                     scheduler.step()
                     if after_step is not None:
@@ -188,6 +222,8 @@ def fit(
                     if global_step >= total_steps:
                         break
                 seconds = time.perf_counter() - t0
+                if shard is not None:
+                    loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, seen)
                 record = {"epoch": epoch, "loss": loss_sum / seen, "acc": correct.item() / seen,
                           "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9)}
                 history.append(record)

@@ -1,0 +1,209 @@
+"""Run a study's steps (a DAG: each step lists its parent steps) in dependency order.
+
+Executors:
+
+* ``local`` (default): in this process, or in ``workers`` worker processes (spawned),
+  each step starting as soon as its parents are done;
+* ``ray``: each step is a Ray task with ``cpus_per_step`` CPUs (and ``gpus_per_step``
+  GPUs); the DAG becomes task dependencies (a task receives its parents' results), so Ray
+  schedules it. Finished steps are skipped before submission. Without ``ray_address`` a
+  local Ray instance is started; ``auto`` or ``HOST:PORT`` joins an existing cluster.
+
+Every step runs through :meth:`RunStore.run` (a lock per step, atomic publication), so
+executors can share a store and be interrupted at any point. A step that raises a
+:class:`UserError` (e.g. a NaN loss) is recorded as failed; the steps that depend on it
+are skipped and every independent step still runs. Each step sets torch's thread count
+to its share of CPUs: the same settings give bit-identical results under every executor.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from dataclasses import dataclass
+
+from compresslab.errors import UserError
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Execution:
+    executor: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    cpus_per_step: int = 1
+    gpus_per_step: float = 0.0
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise UserError(f"--executor {self.executor!r}: use {' or '.join(EXECUTORS)}")
+        if self.workers < 1 or self.cpus_per_step < 1 or self.gpus_per_step < 0:
+            raise UserError("--workers and --cpus-per-step must be >= 1 and --gpus-per-step >= 0")
+        if self.executor == "local" and self.ray_address:
+            raise UserError("--ray-address needs --executor ray")
+
+
+_current: contextvars.ContextVar[Execution] = contextvars.ContextVar("execution", default=Execution())
+
+
+@contextlib.contextmanager
+def using(execution: Execution):
+    """Run the studies started inside this block with ``execution``."""
+    token = _current.set(execution)
+    try:
+        yield execution
+    finally:
+        _current.reset(token)
+
+
+def current() -> Execution:
+    return _current.get()
+
+
+def _run_step(step, store, threads: int | None, *parent_results) -> tuple[str, object]:
+    """Run one step in this process: ``("ran" | "reused", dir name)`` or ``("failed", reason)``.
+    ``parent_results`` are the parents' results (Ray passes them as top-level arguments,
+    which is what makes it wait for them)."""
+    import torch
+
+    from compresslab.study.steps import RUNNERS
+
+    bad = [r for r in parent_results if r[0] == "failed"]
+    if bad:
+        return "failed", f"skipped: a parent step failed ({bad[0][1]})"
+    if threads:
+        torch.set_num_threads(threads)
+    parents = {role: store.path(p) for role, p in step.parents.items()}
+    try:
+        _, ran = store.run(step, lambda out: RUNNERS[step.kind](step, out, parents, None))
+    except UserError as e:
+        store.record_failure(step, e)
+        return "failed", str(e)
+    return ("ran" if ran else "reused"), step.dirname
+
+
+def execute(entries: list, store, progress=None, execution: Execution | None = None) -> tuple[dict, dict]:
+    """Run every entry's step; returns ``({name: ran}, {name: failure reason})``."""
+    ex = execution or current()
+    order: dict[str, object] = {}  # step hash -> step, in dependency order (entries come parents first)
+    for e in entries:
+        order.setdefault(e.step.hash, e.step)
+    if ex.executor == "ray":
+        results = _ray(order, store, ex, progress)
+    elif ex.workers > 1:
+        results = _pool(order, store, ex, progress)
+    else:
+        results = _sequential(entries, order, store, progress)
+    ran = {e.name: results[e.step.hash][0] == "ran" for e in entries if results[e.step.hash][0] != "failed"}
+    failed = {e.name: results[e.step.hash][1] for e in entries if results[e.step.hash][0] == "failed"}
+    return ran, failed
+
+
+def _sequential(entries, order, store, progress) -> dict:
+    from contextlib import nullcontext
+
+    from compresslab.study.steps import RUNNERS
+
+    results: dict[str, tuple] = {}
+    for e in entries:
+        h = e.step.hash
+        if h in results:
+            continue
+        failed = [results[p.hash] for p in e.step.parents.values() if results.get(p.hash, ("",))[0] == "failed"]
+        if failed:
+            results[h] = ("failed", f"skipped: a parent step failed ({failed[0][1]})")
+            continue
+        parents = {role: store.path(p) for role, p in e.step.parents.items()}
+        task = progress.task(f"{e.name} ({e.step.kind})") if progress else nullcontext(None)
+        try:
+            with task as callback:
+                _, ran = store.run(e.step, lambda out: RUNNERS[e.step.kind](e.step, out, parents, callback))
+            results[h] = ("ran" if ran else "reused", e.step.dirname)
+        except UserError as err:
+            store.record_failure(e.step, err)
+            results[h] = ("failed", str(err))
+    return results
+
+
+class _Ticker:
+    """One progress bar counting finished steps (parallel executors)."""
+
+    def __init__(self, progress, label: str, total: int):
+        self.cm = progress.task(label) if progress else contextlib.nullcontext(None)
+        self.total, self.done = total, 0
+
+    def __enter__(self):
+        self.callback = self.cm.__enter__()
+        if self.callback:
+            self.callback({"event": "start", "epochs": 1, "steps_per_epoch": self.total, "total_steps": self.total})
+        return self
+
+    def tick(self):
+        self.done += 1
+        if self.callback:
+            self.callback({"event": "step", "epoch": 1, "step": self.done, "loss": 0.0, "acc": 0.0,
+                           "samples_per_s": 0.0})
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+
+def _pool(order: dict, store, ex: Execution, progress) -> dict:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // ex.workers)
+    results: dict[str, tuple] = {}
+    pending = dict(order)
+    running = {}
+    with ProcessPoolExecutor(ex.workers, mp_context=mp.get_context("spawn")) as pool, \
+            _Ticker(progress, f"steps ({ex.workers} workers)", len(order)) as ticker:
+        while pending or running:
+            for h, step in list(pending.items()):
+                deps = [p.hash for p in step.parents.values() if p.hash in order]
+                if all(d in results for d in deps):
+                    del pending[h]
+                    running[pool.submit(_run_step, step, store, threads, *(results[d] for d in deps))] = h
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                results[running.pop(fut)] = fut.result()
+                ticker.tick()
+    return results
+
+
+def _ray(order: dict, store, ex: Execution, progress) -> dict:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'ray[default]'") from None
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=ex.ray_address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, **({} if ex.ray_address else {"num_cpus": os.cpu_count()}))
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot reach the Ray cluster at {ex.ray_address or 'a new local instance'} "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    task = ray.remote(_run_step)
+    refs, results = {}, {}
+    try:
+        with _Ticker(progress, "steps (ray)", len(order)) as ticker:
+            for h, step in order.items():
+                if store.is_done(step):  # finished steps are never submitted
+                    results[h] = ("reused", step.dirname)
+                    ticker.tick()
+                    continue
+                deps = [p.hash for p in step.parents.values() if p.hash in refs]
+                refs[h] = task.options(num_cpus=ex.cpus_per_step, num_gpus=ex.gpus_per_step).remote(
+                    step, store, ex.cpus_per_step, *(refs[d] for d in deps))
+            waiting = {r: h for h, r in refs.items()}
+            while waiting:
+                ready, _ = ray.wait(list(waiting), num_returns=1)
+                for r in ready:
+                    results[waiting.pop(r)] = ray.get(r)
+                    ticker.tick()
+    finally:
+        if started:
+            ray.shutdown()
+    return results
