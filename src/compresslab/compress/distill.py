@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +26,7 @@ from torch import nn
 from compresslab.data import Dataset
 from compresslab.errors import UserError
 from compresslab.models import capture_features, feature_points
+from compresslab.runs.scratch import Scratch
 from compresslab.train import FitResult, Recipe, evaluate_logits, fit
 
 NOISE_KINDS = ("uniform-noise", "gaussian-noise")
@@ -114,6 +116,13 @@ class TeacherSignal:
 
     def feature(self, ctx, point: str) -> torch.Tensor:
         return self._forward(ctx)[1][point].float()
+
+
+def _in_scratch(scratch, name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` copied into a memory-mapped array of ``scratch``; a tensor sharing its memory."""
+    arr = scratch.array(name, tuple(t.shape), np.float32)
+    arr[:] = t.float().numpy()
+    return torch.from_numpy(arr)
 
 
 class KDTerm:
@@ -270,23 +279,25 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
         raise UserError("cache_teacher needs augment: none (the teacher must see each augmented batch)")
     if cache_teacher is None:
         cache_teacher = recipe.augment == "none"
-    if cache_teacher:
-        logits = evaluate_logits(teacher, data.x_train) if "kd" in wants else None
-        maps = teacher_attention_maps(teacher, data.x_train, list(dict.fromkeys(at_pairs.values())))
-        signal = TeacherSignal(teacher, logits=logits, maps=maps, live_points=live)
-    else:
-        signal = TeacherSignal(teacher, live_points=list(dict.fromkeys([*at_pairs.values(), *live])))
-    terms: dict = {}
-    if "kd" in wants:
-        terms["kd"] = KDTerm(signal, temperature)
-    if at_pairs:
-        terms["at"] = ATTerm(signal, at_pairs)
-    if hint_pairs:
-        s_shape = probe_shapes(student, sample, list(hint_pairs))
-        t_shape = probe_shapes(teacher, sample, list(dict.fromkeys(hint_pairs.values())))
-        torch.manual_seed(seed)
-        regressors = nn.ModuleList(_regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
-                                   for s, t in hint_pairs.items())
-        terms["hint"] = HintTerm(signal, hint_pairs, regressors)
-    return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback, max_steps=max_steps,
-               weight_decay_scale=weight_decay_scale)
+    with Scratch() as scratch:  # cached teacher outputs live in RAM-backed memmaps until training ends
+        if cache_teacher:
+            logits = _in_scratch(scratch, "logits", evaluate_logits(teacher, data.x_train)) if "kd" in wants else None
+            maps = teacher_attention_maps(teacher, data.x_train, list(dict.fromkeys(at_pairs.values())))
+            maps = {p: _in_scratch(scratch, f"at{i}", m) for i, (p, m) in enumerate(maps.items())}
+            signal = TeacherSignal(teacher, logits=logits, maps=maps, live_points=live)
+        else:
+            signal = TeacherSignal(teacher, live_points=list(dict.fromkeys([*at_pairs.values(), *live])))
+        terms: dict = {}
+        if "kd" in wants:
+            terms["kd"] = KDTerm(signal, temperature)
+        if at_pairs:
+            terms["at"] = ATTerm(signal, at_pairs)
+        if hint_pairs:
+            s_shape = probe_shapes(student, sample, list(hint_pairs))
+            t_shape = probe_shapes(teacher, sample, list(dict.fromkeys(hint_pairs.values())))
+            torch.manual_seed(seed)
+            regressors = nn.ModuleList(_regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
+                                       for s, t in hint_pairs.items())
+            terms["hint"] = HintTerm(signal, hint_pairs, regressors)
+        return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback,
+                   max_steps=max_steps, weight_decay_scale=weight_decay_scale)

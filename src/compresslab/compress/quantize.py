@@ -44,6 +44,7 @@ DYNAMIC_INT8 = {"kind": "quantize-dynamic", "dtype": "qint8", "modules": ["Linea
 LAYER_TYPES = ("conv", "linear")
 OBSERVERS = ("minmax", "percentile")
 MIN_BITS, MAX_BITS = 2, 16
+MAX_CALIB_BATCHES, MAX_CALIB_BATCH = 10_000, 65_536
 
 
 def layer_type(module: nn.Module) -> str | None:
@@ -255,8 +256,9 @@ def _calibrating(model: nn.Module):
 
 def calibration_batches(x: torch.Tensor, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     """``batches`` random training batches (without replacement while the data lasts)."""
-    if batches < 1 or batch_size < 1:
-        raise UserError(f"calibration needs at least one batch of at least one example, got {batches} x {batch_size}")
+    if not (1 <= batches <= MAX_CALIB_BATCHES and 1 <= batch_size <= MAX_CALIB_BATCH):
+        raise UserError(f"calibration takes 1 to {MAX_CALIB_BATCHES:,} batches of 1 to {MAX_CALIB_BATCH:,} examples, "
+                        f"got {batches} x {batch_size}")
     if len(x) == 0:
         raise UserError("calibration needs training data, but the training split is empty")
     g = torch.Generator().manual_seed(seed)

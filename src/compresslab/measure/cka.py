@@ -43,13 +43,18 @@ An estimator is ``None`` instead of NaN when it is undefined: a side is
 constant (every column's spread below 1e-10 of the largest magnitude seen),
 its self-HSIC is not positive, or there are too few examples (n < 2 biased,
 n < 4 unbiased).
+
+To compare one model (a teacher) with many, :func:`cache_features` runs it once and
+keeps its activations as memory-mapped arrays in a :class:`~compresslab.runs.scratch.Scratch`;
+:func:`cka_against_cached` then gives each other model's :func:`cka_between` numbers.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -364,4 +369,112 @@ def cka_between(
         res = acc.result()
         res.update(dims=list(acc.dims), mode=acc.mode, cka=res["unbiased" if unbiased else "biased"])
         out[keys[pair]] = res
+    return out
+
+
+# -- one model's activations cached once, compared with many models --------------------------
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode under ``torch.no_grad()``; every module's training flag restored after."""
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+def _inputs(x, batch_size: int) -> torch.Tensor:
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    x = torch.as_tensor(x)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise UserError(f"x must hold at least one example, got shape {tuple(x.shape)}")
+    return x
+
+
+def cache_features(model: nn.Module, x, points: list[str] | None, scratch, *, batch_size: int = 500,
+                   prefix: str = "features") -> dict[str, np.memmap]:
+    """Run ``model`` over ``x`` once and keep its activations at ``points`` in ``scratch``.
+
+    ``scratch`` is an open :class:`compresslab.runs.scratch.Scratch`; ``points``
+    defaults to all the model's feature points. Returns ``{point: read-only memmap}``
+    of shape (n, d), the flattened per-example activations as float32, in the order
+    of ``points``; arrays are named ``<prefix>-<i>`` in the scratch. The model runs
+    as in :func:`cka_between` (eval mode, no grad, batches of ``batch_size``) and
+    each batch is written to the memmap and dropped, so the activations are never
+    all in the process's memory.
+    """
+    x = _inputs(x, batch_size)
+    names = list(dict.fromkeys(points)) if points is not None else list(feature_points(model))
+    if not names:
+        raise UserError("points must name at least one feature point")
+    n, dev = x.shape[0], _device(model)
+    arrays: dict[str, np.memmap] = {}
+    with _eval_mode(model), capture_features(model, names) as feats:
+        for start in range(0, n, batch_size):
+            model(x[start : start + batch_size].to(dev))
+            for i, name in enumerate(names):
+                if name not in feats:
+                    raise UserError(f"feature {name!r} produced no output in the forward pass")
+                f = _flat(feats[name], name).to(torch.float32).numpy()
+                if name not in arrays:
+                    arrays[name] = scratch.array(f"{prefix}-{i}", (n, f.shape[1]), np.float32)
+                elif f.shape[1] != arrays[name].shape[1]:
+                    raise UserError(f"feature {name!r} changed size between batches: "
+                                    f"{arrays[name].shape[1]} then {f.shape[1]}")
+                arrays[name][start : start + f.shape[0]] = f
+            feats.clear()
+    for array in arrays.values():
+        array.flush()
+    return {name: scratch.open(f"{prefix}-{i}") for i, name in enumerate(names)}
+
+
+def cka_against_cached(cached: dict[str, np.ndarray], model: nn.Module, x, points: list[str] | None = None, *,
+                       batch_size: int = 500, unbiased: bool = True) -> dict[str, dict]:
+    """Linear CKA between cached activations and ``model``'s on the same inputs ``x``.
+
+    ``cached`` comes from :func:`cache_features` (``{point: (n, d) array}``, the
+    cached model's side). ``points`` are compared with the same-named points of
+    ``model``; by default the cached points ``model`` also has, in cached order
+    (UserError if none). The result is that of ``cka_between(cached_model, model,
+    x, points=points)`` with the same ``batch_size``: the same keys and fields, the
+    same numbers up to float rounding (the cached side is float32).
+    """
+    x = _inputs(x, batch_size)
+    n = x.shape[0]
+    if points is None:
+        own = feature_points(model)
+        names = [p for p in cached if p in own]
+        if not names:
+            raise UserError(f"the model shares no feature point with the cached ones; cached: "
+                            f"{', '.join(cached) or 'none'}; model has: {', '.join(own) or 'none'}")
+    else:
+        names = list(dict.fromkeys(points))
+        missing = [p for p in names if p not in cached]
+        if not names or missing:
+            raise UserError(f"points not cached: {', '.join(missing) or 'none given'}; "
+                            f"cached: {', '.join(cached) or 'none'}")
+    for p in names:
+        if cached[p].shape[0] != n:
+            raise UserError(f"cached feature {p!r} has {cached[p].shape[0]} examples but x has {n}")
+    accs = {p: LinearCKA(mode="auto", n_hint=n) for p in names}
+    dev = _device(model)
+    with _eval_mode(model), capture_features(model, names) as feats:
+        for start in range(0, n, batch_size):
+            model(x[start : start + batch_size].to(dev))
+            for p, acc in accs.items():
+                if p not in feats:
+                    raise UserError(f"feature {p!r} of the model produced no output in the forward pass")
+                acc.update(torch.from_numpy(np.array(cached[p][start : start + batch_size])), feats[p])
+            feats.clear()
+    out = {}
+    for p, acc in accs.items():
+        res = acc.result()
+        res.update(dims=list(acc.dims), mode=acc.mode, cka=res["unbiased" if unbiased else "biased"])
+        out[p] = res
     return out

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, canonical_json, read_json
 from compresslab.study.spec import Child, ModelSpec, check_children, validate_spec
-from compresslab.train.recipe import Recipe
+from compresslab.train.recipe import Recipe, Seed
 
 OTHER_SEED = 1000  # the independent retrain of replicate s is trained at OTHER_SEED + s
 #: Similarity metrics and whether larger means "closer to the parent".
@@ -54,8 +54,8 @@ class CompressionFunctionalSpec(BaseModel):
     name: str = "compression-functional"
     data: str = "mnist1d"
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    data_seed: int = Field(0, description="seed of the validation split, the same for every replicate")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=2,
+    data_seed: Seed = Field(0, description="seed of the validation split, the same for every replicate")
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=2,
                              description="one replicate per seed: its parent, children and controls")
     parent: ModelSpec
     recipe: Recipe = Field(default_factory=Recipe)

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.study.spec import ModelSpec, validate_spec
-from compresslab.train.recipe import Recipe
+from compresslab.train.recipe import Recipe, Seed
 
 CONDITIONS = ("teacher", "teacher-other-seed", "uniform-noise", "gaussian-noise", "untrained", "self",
               "independent")
@@ -82,7 +82,7 @@ class KDFunctionalSpec(BaseModel):
     name: str = "kd-functional"
     data: str = "mnist1d"
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = Field(0, description="data split seed and the reference teacher's seed")
+    seed: Seed = Field(0, description="data split seed and the reference teacher's seed")
     teacher: ModelSpec
     student: ModelSpec
     recipe: Recipe = Field(default_factory=Recipe, description="the teacher's recipe")
@@ -90,7 +90,7 @@ class KDFunctionalSpec(BaseModel):
     conditions: list[Literal[CONDITIONS]] = Field(
         default_factory=lambda: ["teacher", "independent", "uniform-noise", "gaussian-noise", "untrained",
                                  "teacher-other-seed"], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=2,
+    seeds: list[Seed] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=2,
                              description="student seeds, the same for every condition")
     loss: dict[str, float] = Field(default_factory=lambda: {"kd": 0.9, "ce": 0.1})
     temperature: float = Field(4.0, gt=0)
@@ -206,10 +206,14 @@ def expand_kd(spec: KDFunctionalSpec) -> tuple[Step, list[dict], list[dict]]:
 def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, others: list[dict],
                      students: list[dict], progress=None) -> tuple[dict, list[dict], dict]:
     """The teacher's row, per-model rows (accuracy + every similarity to the reference
-    teacher) and the pairwise output-metric matrices over [teacher, other teachers, students]."""
-    from compresslab.measure.cka import cka_between
+    teacher) and the pairwise output-metric matrices over [teacher, other teachers, students].
+
+    The teacher's activations for CKA are computed once, kept as memory-mapped arrays in a
+    RAM-backed :class:`Scratch` until the measurement ends, and compared with every model's."""
+    from compresslab.measure.cka import cache_features, cka_against_cached
     from compresslab.measure.pairwise import pairwise_metrics
     from compresslab.runs.checkpoint import load_checkpoint
+    from compresslab.runs.scratch import Scratch
     from compresslab.study.steps import data_of
 
     data = data_of(reference.spec)
@@ -225,7 +229,8 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
     matrices = pairwise_metrics(logits)
     rows = []
     loaded = {}
-    with progress.task("measure: CKA and adversarial transfer") if progress else nullcontext():
+    with progress.task("measure: CKA and adversarial transfer") if progress else nullcontext(), Scratch() as scratch:
+        teacher_features = cache_features(teacher, x, spec.cka_points, scratch)
         for i, m in enumerate(models):
             if i == 0:
                 continue
@@ -236,7 +241,7 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
                    "train_seconds": metrics.get("train_seconds"),
                    **{k: float(matrices[k][0, i]) for k in OUTPUT_METRICS}}
             model, _ = load_checkpoint(d)
-            cka = cka_between(teacher, model, x, points=spec.cka_points)
+            cka = cka_against_cached(teacher_features, model, x, spec.cka_points)
             row["cka_points"] = {k: {"unbiased": v["unbiased"], "biased": v["biased"]} for k, v in cka.items()}
             unb = [v["unbiased"] for v in cka.values() if v["unbiased"] is not None]
             bia = [v["biased"] for v in cka.values() if v["biased"] is not None]

@@ -38,7 +38,7 @@ from pydantic import (
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, Step, canonical_json, read_json
 from compresslab.study.spec import ModelSpec, validate_spec
-from compresslab.train.recipe import Recipe
+from compresslab.train.recipe import MAX_EPOCHS, Recipe, Seed
 
 #: Parent statistics correlated with the measured prunability.
 STATISTICS = ("kurtosis_of_kurtoses", "p_star", "safe_amount")
@@ -53,13 +53,13 @@ class KurtosisSpec(BaseModel):
     name: str = "kurtosis"
     data: str = "mnist1d"
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = Field(0, description="data seed (train/val split)")
+    seed: Seed = Field(0, description="data seed (train/val split)")
     models: list[ModelSpec] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1,
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1], min_length=1,
                              description="each model is trained from each of these seeds")
     recipe: Recipe = Field(default_factory=Recipe)
     sparsities: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], min_length=1)
-    finetune_epochs: int = Field(1, ge=0)
+    finetune_epochs: int = Field(1, ge=0, le=MAX_EPOCHS)
     finetune_lr: float | None = Field(None, gt=0, description="default: the study recipe's lr / 10")
     tolerance: float = Field(0.01, ge=0, lt=1, description="accuracy drop allowed (0.01 = 1 point)")
 

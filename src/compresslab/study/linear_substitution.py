@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compresslab.errors import UserError
 from compresslab.study.spec import ModelSpec, validate_spec
-from compresslab.train.recipe import Recipe
+from compresslab.train.recipe import Recipe, Seed
 
 
 class LinearSubstitutionSpec(BaseModel):
@@ -30,7 +30,7 @@ class LinearSubstitutionSpec(BaseModel):
     name: str = "linear-substitution"
     data: str = "mnist1d"
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     teacher: ModelSpec
     recipe: Recipe = Field(default_factory=Recipe)
     base: str = Field("DConv", description="the DConv-family block whose pointwise maps are substituted")

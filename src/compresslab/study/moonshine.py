@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.study.spec import ModelSpec, validate_spec
-from compresslab.train.recipe import Recipe
+from compresslab.train.recipe import Recipe, Seed
 
 MODES = ("scratch", "at", "at+kd")
 
@@ -44,7 +44,7 @@ class MoonshineSpec(BaseModel):
     name: str = "moonshine"
     data: str = "mnist1d"
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     teacher: ModelSpec = Field(description="a WRN (wrn-D-K or wrn1d-D-K) with the standard Conv blocks")
     recipe: Recipe = Field(default_factory=Recipe, description="teacher and students alike")
     blocks: list[str] = Field(min_length=1)

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from compresslab.errors import UserError
 from compresslab.train import Recipe
-from compresslab.train.recipe import validation_message
+from compresslab.compress.quantize import MAX_CALIB_BATCH, MAX_CALIB_BATCHES
+from compresslab.train.recipe import MAX_EPOCHS, Seed, validation_message
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -39,9 +40,9 @@ class PruneChild(_Strict):
         description="fraction of the parameters to remove, or p_star / safe (from the parent's weights)")
     criterion: Literal["global-l1", "layer-l1", "random"] = "global-l1"
     scope: Literal["all", "weights"] = "all"
-    finetune_epochs: int = Field(1, ge=0)
+    finetune_epochs: int = Field(1, ge=0, le=MAX_EPOCHS)
     finetune_lr: float | None = Field(None, gt=0, description="default: the study recipe's lr / 10")
-    finetune_batch_size: int | None = Field(None, ge=1, description="default: the study recipe's")
+    finetune_batch_size: int | None = Field(None, ge=1, le=2**20, description="default: the study recipe's")
 
 
 Bits = Annotated[int, Field(ge=2, le=16)]
@@ -58,9 +59,9 @@ class QuantizeChild(_Strict):
     symmetric: bool = True
     observer: Literal["minmax", "percentile"] = "minmax"
     percentile: float = Field(99.99, gt=50, le=100)
-    calib_batches: int = Field(8, ge=1)
-    calib_batch_size: int = Field(128, ge=1)
-    epochs: int = Field(2, ge=0, description="qat: fine-tuning epochs at the study recipe's lr / 10")
+    calib_batches: int = Field(8, ge=1, le=MAX_CALIB_BATCHES)
+    calib_batch_size: int = Field(128, ge=1, le=MAX_CALIB_BATCH)
+    epochs: int = Field(2, ge=0, le=MAX_EPOCHS, description="qat: fine-tuning epochs at the study recipe's lr / 10")
     source: str | None = Field(None, description="quantise this (prune) child instead of the parent")
 
     @model_validator(mode="after")
@@ -77,7 +78,7 @@ Child = Annotated[Union[DistillChild, PruneChild, QuantizeChild], Field(discrimi
 
 
 class Controls(_Strict):
-    seeds: list[int] = Field(default_factory=lambda: [1, 2], description="parent retrained from these seeds")
+    seeds: list[Seed] = Field(default_factory=lambda: [1, 2], description="parent retrained from these seeds")
     student_from_scratch: bool = Field(True, description="train each KD student's architecture with CE only")
 
 
@@ -85,7 +86,7 @@ class StudySpec(_Strict):
     name: str = "study"
     data: str = "mnist1d"
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     parent: ModelSpec
     recipe: Recipe = Field(default_factory=Recipe)
     children: list[Child] = Field(default_factory=list)

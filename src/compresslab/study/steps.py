@@ -230,8 +230,9 @@ def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: in
             return {"data": data, "scheme": scheme}
     if observer not in q.OBSERVERS:
         raise UserError(f"--observer {observer!r}: use {' or '.join(q.OBSERVERS)}")
-    if calib_batches < 1 or calib_batch_size < 1:
-        raise UserError(f"--calib-batches {calib_batches} x --calib-batch-size {calib_batch_size}: both must be >= 1")
+    if not (1 <= calib_batches <= q.MAX_CALIB_BATCHES and 1 <= calib_batch_size <= q.MAX_CALIB_BATCH):
+        raise UserError(f"--calib-batches {calib_batches} x --calib-batch-size {calib_batch_size}: use 1 to "
+                        f"{q.MAX_CALIB_BATCHES:,} batches of 1 to {q.MAX_CALIB_BATCH:,} examples")
     if not 50 < percentile <= 100:
         raise UserError(f"--percentile {percentile}: must be in (50, 100], e.g. 99.99")
     spec = {"data": data, "scheme": scheme, "seed": seed,

@@ -6,7 +6,7 @@ plain mapping. It also builds the optimizer and the per-iteration lr scheduler.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +22,12 @@ def validation_message(err: ValidationError, where: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
     return "; ".join(parts)
+
+
+#: Upper bound on any epoch count: a typo such as 1e12 must not start a run that never ends.
+MAX_EPOCHS = 100_000
+#: A seed: non-negative (numpy generators reject negative seeds) and below 2**32.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class Recipe(BaseModel):
@@ -42,9 +48,9 @@ class Recipe(BaseModel):
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
                                     description="multistep: fractions of the total epochs")
     gamma: float = Field(0.1, gt=0, le=1, description="multistep: lr factor at each milestone")
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 (not with onecycle)")
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(128, ge=1)
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS, description="linear warm-up from 0 (not with onecycle)")
+    epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=2**20)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: Literal["none", "crop", "crop-flip"] = "none"
     crop_padding: int = Field(4, ge=0)
