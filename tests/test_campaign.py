@@ -78,7 +78,7 @@ def mutated_spec(draw):
         path = draw(st.sampled_from(paths))
         action = draw(st.sampled_from(["replace", "replace", "delete", "unknown-key"]))
         if action == "replace":
-            _set(spec, path, draw(st.sampled_from(BAD_VALUES)))
+            _set(spec, path, copy.deepcopy(draw(st.sampled_from(BAD_VALUES))))  # never alias the pool
         elif action == "delete":
             _delete(spec, path)
         else:
@@ -225,3 +225,14 @@ def test_regressions_found_by_the_campaign(capsys, tmp_path, path, value, needle
 def test_negative_seed_on_the_command_line_is_one_line(capsys, tmp_path):
     code = main(["train", "--model", "mlp", "--data", "digits", "--seed", "-1", "--runs", str(tmp_path / "r")])
     assert code == 2 and "--seed" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_a_model_too_large_to_allocate_is_one_line(capsys, tmp_path):
+    spec = copy.deepcopy(CF_BASE)
+    spec["parent"]["options"]["widths"] = [10**12]  # found by the campaign: a RuntimeError traceback from torch
+    f = tmp_path / "spec.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    code = main(["study", str(f), "--runs", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not be built" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

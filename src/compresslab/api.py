@@ -430,10 +430,15 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
     from compresslab.study.steps import RUNNERS, dataset, quantize_spec
     from compresslab.train import Recipe
 
+    from compresslab.runs.checkpoint import read_model_json
+
     checkpoint = Path(checkpoint)
     if epochs < 0:
         raise UserError(f"--epochs {epochs}: must be >= 0")
     parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
+    done = [t["kind"] for t in read_model_json(checkpoint)["transforms"]]
+    if done:
+        raise UserError(f"{checkpoint} is already quantised ({', '.join(done)}); quantise its float parent instead")
     ds = dataset(data, val_fraction, seed)
     parent_logits = _logits(checkpoint, ds, "test")  # the checkpoint must fit the data
     base = _parent_recipe(checkpoint)

@@ -258,7 +258,12 @@ def create_model(
     if "input_shape" in params:
         kwargs["input_shape"] = shape
 
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except (RuntimeError, MemoryError, ValueError, OverflowError) as e:  # e.g. widths too large to allocate
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model {key!r} could not be built with options {recorded} ({first[:160]}); "
+                        f"check the sizes: {describe_options(key)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model {key!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     model.compresslab_config = {

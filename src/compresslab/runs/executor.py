@@ -89,12 +89,13 @@ def execute(entries: list, store, progress=None, execution: Execution | None = N
     order: dict[str, object] = {}  # step hash -> step, in dependency order (entries come parents first)
     for e in entries:
         order.setdefault(e.step.hash, e.step)
-    if ex.executor == "ray":
-        results = _ray(order, store, ex, progress)
-    elif ex.workers > 1:
-        results = _pool(order, store, ex, progress)
-    else:
+    if ex.executor == "local" and ex.workers == 1:
         results = _sequential(entries, order, store, progress)
+    else:  # finished steps are never handed to a worker or a Ray task; nothing left, nothing started
+        results = {h: ("reused", step.dirname) for h, step in order.items() if store.is_done(step)}
+        todo = {h: step for h, step in order.items() if h not in results}
+        if todo:
+            results.update((_ray if ex.executor == "ray" else _pool)(todo, store, ex, progress))
     ran = {e.name: results[e.step.hash][0] == "ran" for e in entries if results[e.step.hash][0] != "failed"}
     failed = {e.name: results[e.step.hash][1] for e in entries if results[e.step.hash][0] == "failed"}
     return ran, failed
@@ -190,10 +191,6 @@ def _ray(order: dict, store, ex: Execution, progress) -> dict:
     try:
         with _Ticker(progress, "steps (ray)", len(order)) as ticker:
             for h, step in order.items():
-                if store.is_done(step):  # finished steps are never submitted
-                    results[h] = ("reused", step.dirname)
-                    ticker.tick()
-                    continue
                 deps = [p.hash for p in step.parents.values() if p.hash in refs]
                 refs[h] = task.options(num_cpus=ex.cpus_per_step, num_gpus=ex.gpus_per_step).remote(
                     step, store, ex.cpus_per_step, *(refs[d] for d in deps))
