@@ -79,3 +79,19 @@ def test_executor_bad_input(capsys, spec, tmp_path, args, needle):
     code, _, err = run(capsys, "study", spec, "--runs", tmp_path / "r", "--quiet", *args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_worker_processes_share_an_fsspec_store(capsys, spec, tmp_path):
+    """`local://` goes through the fsspec remote store (upload, then the _COMPLETE marker, lock
+    objects) on a real filesystem that worker processes share; results match a plain directory."""
+    remote = tmp_path / "remote"
+    code, out, err = run(capsys, "study", spec, "--runs", f"local://{remote}", "--workers", 2, "--quiet", "--json")
+    assert code == 0, err
+    shared = json.loads(out)
+    code, out, err = run(capsys, "study", spec, "--runs", tmp_path / "plain", "--workers", 2, "--quiet", "--json")
+    assert code == 0, err
+    assert metrics(shared) == metrics(json.loads(out))
+    steps = [d for d in remote.iterdir() if d.name.startswith(("train-", "distill-", "prune-", "quantize-"))]
+    assert len(steps) == 6 and all((d / "_COMPLETE").is_file() for d in steps)
+    assert not any((remote / ".locks").iterdir())  # every lock object was released
+    assert any((remote / "studies").iterdir())

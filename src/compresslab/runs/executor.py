@@ -61,10 +61,10 @@ def current() -> Execution:
     return _current.get()
 
 
-def _run_step(step, store, threads: int | None, *parent_results) -> tuple[str, object]:
+def _run_step(step, store, threads: int | None, *parent_results, callback=None) -> tuple[str, object]:
     """Run one step in this process: ``("ran" | "reused", dir name)`` or ``("failed", reason)``.
     ``parent_results`` are the parents' results (Ray passes them as top-level arguments,
-    which is what makes it wait for them)."""
+    which is what makes it wait for them); ``callback`` receives the training events."""
     import torch
 
     from compresslab.study.steps import RUNNERS
@@ -76,7 +76,7 @@ def _run_step(step, store, threads: int | None, *parent_results) -> tuple[str, o
         torch.set_num_threads(threads)
     parents = {role: store.path(p) for role, p in step.parents.items()}
     try:
-        _, ran = store.run(step, lambda out: RUNNERS[step.kind](step, out, parents, None))
+        _, ran = store.run(step, lambda out: RUNNERS[step.kind](step, out, parents, callback))
     except UserError as e:
         store.record_failure(step, e)
         return "failed", str(e)
@@ -90,7 +90,7 @@ def execute(entries: list, store, progress=None, execution: Execution | None = N
     for e in entries:
         order.setdefault(e.step.hash, e.step)
     if ex.executor == "local" and ex.workers == 1:
-        results = _sequential(entries, order, store, progress)
+        results = _sequential(entries, store, progress)
     else:  # finished steps are never handed to a worker or a Ray task; nothing left, nothing started
         results = {h: ("reused", step.dirname) for h, step in order.items() if store.is_done(step)}
         todo = {h: step for h, step in order.items() if h not in results}
@@ -101,29 +101,15 @@ def execute(entries: list, store, progress=None, execution: Execution | None = N
     return ran, failed
 
 
-def _sequential(entries, order, store, progress) -> dict:
-    from contextlib import nullcontext
-
-    from compresslab.study.steps import RUNNERS
-
+def _sequential(entries, store, progress) -> dict:
     results: dict[str, tuple] = {}
     for e in entries:
-        h = e.step.hash
-        if h in results:
+        if e.step.hash in results:
             continue
-        failed = [results[p.hash] for p in e.step.parents.values() if results.get(p.hash, ("",))[0] == "failed"]
-        if failed:
-            results[h] = ("failed", f"skipped: a parent step failed ({failed[0][1]})")
-            continue
-        parents = {role: store.path(p) for role, p in e.step.parents.items()}
-        task = progress.task(f"{e.name} ({e.step.kind})") if progress else nullcontext(None)
-        try:
-            with task as callback:
-                _, ran = store.run(e.step, lambda out: RUNNERS[e.step.kind](e.step, out, parents, callback))
-            results[h] = ("ran" if ran else "reused", e.step.dirname)
-        except UserError as err:
-            store.record_failure(e.step, err)
-            results[h] = ("failed", str(err))
+        parent_results = [results[p.hash] for p in e.step.parents.values() if p.hash in results]
+        task = progress.task(f"{e.name} ({e.step.kind})") if progress else contextlib.nullcontext(None)
+        with task as callback:
+            results[e.step.hash] = _run_step(e.step, store, None, *parent_results, callback=callback)
     return results
 
 

@@ -214,11 +214,8 @@ class RemoteStore(RunStore):
             / "compresslab" / "stores" / digest
         super().__init__(cache)
 
-    def __reduce__(self):
-        return (RemoteStore, (self.remote,), {"root": self.root, "lock_ttl": self.lock_ttl})
-
-    def __setstate__(self, state):
-        self.root, self.lock_ttl = state["root"], state["lock_ttl"]
+    def __reduce__(self):  # a worker on another machine keeps its own local cache
+        return (_remote_store, (self.remote, self.lock_ttl))
 
     @property
     def location(self) -> str:
@@ -253,7 +250,7 @@ class RemoteStore(RunStore):
         dest = self._remote(step.dirname)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         for p in files:
-            self.fs.put_file(str(p), f"{dest}/{p.relative_to(tmp).as_posix()}")
+            self._put(p, f"{dest}/{p.relative_to(tmp).as_posix()}")
         with self.fs.open(f"{dest}/{COMPLETE}", "w") as f:  # last: the step is now visible
             f.write(json.dumps({"files": [p.relative_to(tmp).as_posix() for p in files], **_holder()}))
         (tmp / COMPLETE).write_text("")
@@ -264,6 +261,7 @@ class RemoteStore(RunStore):
     @contextlib.contextmanager
     def lock(self, step: Step, poll: float = 0.5):
         path = self._remote(LOCKS, f"{step.dirname}.lock")
+        self.fs.makedirs(self._remote(LOCKS), exist_ok=True)  # object stores ignore it; filesystems need it
         me = _holder()
         while True:
             try:
@@ -293,7 +291,7 @@ class RemoteStore(RunStore):
 
     def record_failure(self, step: Step, error: BaseException) -> None:
         super().record_failure(step, error)
-        self.fs.put_file(str(self.root / FAILED / f"{step.dirname}.json"), self._remote(FAILED, f"{step.dirname}.json"))
+        self._put(self.root / FAILED / f"{step.dirname}.json", self._remote(FAILED, f"{step.dirname}.json"))
 
     def clear_failure(self, step: Step) -> None:
         super().clear_failure(step)
@@ -303,8 +301,16 @@ class RemoteStore(RunStore):
     def upload_dir(self, local: Path, name: str) -> str:
         """Copy a local directory (e.g. a study's results) to ``<url>/<name>``; returns the URL."""
         for p in sorted(q for q in Path(local).rglob("*") if q.is_file()):
-            self.fs.put_file(str(p), self._remote(name, p.relative_to(local).as_posix()))
+            self._put(p, self._remote(name, p.relative_to(local).as_posix()))
         return f"{self.remote}/{name}"
+
+    def _put(self, local: Path, remote: str) -> None:
+        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(str(local), remote)
+
+
+def _remote_store(url: str, lock_ttl: float) -> RemoteStore:
+    return RemoteStore(url, lock_ttl=lock_ttl)
 
 
 def step_record(step: Step) -> dict:
