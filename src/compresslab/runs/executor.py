@@ -163,7 +163,7 @@ def _ray(order: dict, store, ex: Execution, progress) -> dict:
     try:
         import ray
     except ImportError:
-        raise UserError("--executor ray needs Ray: pip install 'ray[default]'") from None
+        raise UserError("--executor ray needs Ray: pip install 'compresslab[ray]' (or ray)") from None
     started = not ray.is_initialized()
     if started:
         try:
