@@ -120,6 +120,17 @@ def test_remote_lock_of_a_dead_process_is_stale(tmp_path):
     assert not fs.exists(path)
 
 
+def test_nan_step_in_a_subprocess_exits_3_and_keeps_the_rest(spec, tmp_path):
+    spec.write_text(SPEC.replace("amount: 0.5, finetune_epochs: 2", "amount: 0.5, finetune_epochs: 2, finetune_lr: 1e37"))
+    runs = tmp_path / "runs"
+    proc = subprocess.run(study_cmd(spec, runs, "--json"), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 3 and proc.stderr.count("\n") == 1 and "pruned: " in proc.stderr
+    results = json.loads(proc.stdout)
+    assert list(results["failed"]) == ["pruned"]
+    assert len(finished(runs)) == len(expand(load_spec(spec))) - 1  # every independent step finished
+
+
 def test_corrupted_files_are_named_and_doctor_removes_them(capsys, tmp_path):
     from conftest import TINY_STUDY
 
@@ -132,9 +143,10 @@ def test_corrupted_files_are_named_and_doctor_removes_them(capsys, tmp_path):
     weights = runs / entries["pruned"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
     (runs / entries["kd"] / "metrics.json").write_text('{"accuracy": ')  # corrupted
-    assert main(["evaluate", str(runs / entries["pruned"]), "--data", "mnist1d"]) == 2
-    err = capsys.readouterr().err
-    assert str(weights) in err and "unreadable safetensors" in err and "doctor" in err
+    proc = subprocess.run([sys.executable, "-m", "compresslab.cli", "evaluate", str(runs / entries["pruned"]),
+                           "--data", "mnist1d"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert str(weights) in proc.stderr and "unreadable safetensors" in proc.stderr and "doctor" in proc.stderr
     assert main(["study", str(spec), "--runs", str(runs), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert str(runs / entries["kd"] / "metrics.json") in err and len(err.strip().splitlines()) == 1
