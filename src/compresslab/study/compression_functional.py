@@ -114,14 +114,16 @@ def replicates(spec: CompressionFunctionalSpec) -> dict[int, list]:
 def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, list], progress=None) -> list[dict]:
     """One row per (model, replicate): accuracy, cost, every metric against that replicate's parent."""
     from compresslab.measure import compare_logits, latency
-    from compresslab.measure.cka import cka_between
+    from compresslab.measure.cka import cache_features
     from compresslab.runs.checkpoint import load_checkpoint
+    from compresslab.runs.scratch import Scratch
     from compresslab.study.steps import data_of
 
     children = {c.name: c for c in spec.children}
     rows = []
     first = spec.seeds[0]
-    with progress.task("measure: function metrics, CKA, latency") if progress else nullcontext():
+    with progress.task("measure: function metrics, CKA, latency") if progress else nullcontext(), \
+            Scratch() as cache:
         for seed, entries in reps.items():
             data = data_of(entries[0].step.spec)
             x, _ = data.split(spec.split)
@@ -131,6 +133,8 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
             parent_dir = store.path(entries[0].step)
             parent_logits = np.load(parent_dir / f"logits_{spec.split}.npy")
             parent_model, _ = load_checkpoint(parent_dir)
+            # the parent's activations, computed once per replicate, kept as RAM-backed memmaps
+            parent_features = cache_features(parent_model, x, spec.cka_points, cache, prefix=f"parent-s{seed}")
             parent_bits = read_json(parent_dir / "metrics.json")["cost"]["nonzero_bytes"]
             scratch = {canonical_json(e.step.spec["model"]): e.name for e in entries if e.method == "scratch"}
             for e in entries:
@@ -152,18 +156,20 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
                 if "quantization" in metrics:
                     row["quantization"] = metrics["quantization"]
                 if e.role != "parent":
-                    row["cka_points"] = _cka(cka_between, parent_model, model, x, spec.cka_points)
+                    row["cka_points"] = _cka(parent_features, model, x, spec.cka_points)
                     vals = [v for v in row["cka_points"].values() if v is not None]
                     row["function"]["cka"] = float(np.mean(vals)) if vals else None
                 rows.append(row)
     return rows
 
 
-def _cka(cka_between, parent, model, x, points) -> dict[str, float | None]:
-    """Unbiased linear CKA per shared feature point; empty when the model exposes none
-    (a torch int8 graph), None where a point's CKA is undefined."""
+def _cka(parent_features: dict, model, x, points) -> dict[str, float | None]:
+    """Unbiased linear CKA against the parent's cached activations per shared feature point;
+    empty when the model exposes none (a torch int8 graph), None where a point's CKA is undefined."""
+    from compresslab.measure.cka import cka_against_cached
+
     try:
-        res = cka_between(parent, model, x, points=points)
+        res = cka_against_cached(parent_features, model, x, points=points)
     except UserError:
         if points is not None:
             raise
