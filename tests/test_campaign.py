@@ -12,16 +12,22 @@ from datetime import timedelta
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from compresslab.cli import main
 
 CAMPAIGN = {"specs": 0, "spec_runs": 0, "cli": 0, "cli_runs": 0}
-#: Examples per test; the full campaign recorded in docs/reliability.md used COMPRESSLAB_CAMPAIGN=1000.
+#: ``COMPRESSLAB_CAMPAIGN=N`` explores: N fresh random inputs per test on every run. Without
+#: it (``make test``, CI) the campaign is derandomised: the same 120 inputs every time, no
+#: example database, so CI never turns red by chance. Finds are pinned with ``@example``.
+EXPLORE = "COMPRESSLAB_CAMPAIGN" in os.environ
 EXAMPLES = int(os.environ.get("COMPRESSLAB_CAMPAIGN", "120"))
 #: Per-input time limit: a valid input must not run away (e.g. epochs: 1e12 once did).
 DEADLINE = timedelta(seconds=float(os.environ.get("COMPRESSLAB_CAMPAIGN_DEADLINE", "120")))
+CAMPAIGN_SETTINGS = settings(max_examples=EXAMPLES, deadline=DEADLINE, derandomize=not EXPLORE,
+                             database=settings.default.database if EXPLORE else None,
+                             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 BASE = {
     "name": "campaign",
@@ -106,8 +112,10 @@ def _check(code: int, err: str, runs, before: list[str]) -> None:
         assert _written(runs) == before, "a rejected input wrote files"
 
 
-@settings(max_examples=EXAMPLES, deadline=DEADLINE, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+# found by the 1,500-input exploration: an MLP parent without hidden layers has no feature
+# points, so CKA failed after every step had trained; it is now skipped with a note
+@example(spec={**CF_BASE, "parent": {"name": "mlp", "options": {"widths": []}}})
+@CAMPAIGN_SETTINGS
 @given(spec=mutated_spec())
 def test_malformed_specs_are_rejected_in_one_line_or_run(spec, tmp_path_factory, capsys):
     tmp = tmp_path_factory.mktemp("spec")
@@ -142,10 +150,13 @@ def store(tmp_path_factory):
 
 
 @st.composite
-def command_line(draw, s):
-    """One command line: a command, its positional arguments and a few options, some bad."""
+def command_line(draw):
+    """One command line: a command, its positional arguments and a few options, some bad.
+    ``{parent}``, ``{other}``, ``{three}``, ``{empty}``, ``{tmp}`` and ``{runs}`` stand for
+    the module's store (so that examples can be pinned with ``@example``)."""
+    s = {k: f"{{{k}}}" for k in ("parent", "other", "three", "empty", "tmp", "runs")}
     data = st.sampled_from(["digits", "mnist1d", "nope", "mnist:/nonexistent", s["three"], s["empty"], "npz:"])
-    ckpt = st.sampled_from([s["parent"], s["other"], "/nonexistent", str(s["tmp"]), str(s["runs"])])
+    ckpt = st.sampled_from([s["parent"], s["other"], "/nonexistent", s["tmp"], s["runs"]])
     num = st.sampled_from(["-1", "0", "1", "2", "4", "8", "17", "0.5", "1.5", "abc", "", "1e9", "nan"])
     cmd = draw(st.sampled_from(["train", "info", "evaluate", "compare", "prune", "quantize", "distill", "export",
                                 "doctor", "prunability"]))
@@ -167,8 +178,8 @@ def command_line(draw, s):
         "distill": lambda: [draw(ckpt), "--student", draw(st.sampled_from(["mlp", "nope"])), "--data", draw(data),
                             "--epochs", draw(st.sampled_from(["0", "1", "-1"])), "-o", "widths=[4]",
                             "--loss", draw(st.sampled_from(["kd=0.9,ce=0.1", "kd=x", "dance=1", "at=1"]))],
-        "export": lambda: [draw(ckpt), "--onnx", draw(st.sampled_from([str(s["tmp"] / "m.onnx"), "/nonexistent/m.onnx",
-                                                                         str(s["tmp"] / "m.txt")])),
+        "export": lambda: [draw(ckpt), "--onnx", draw(st.sampled_from([s["tmp"] + "/m.onnx", "/nonexistent/m.onnx",
+                                                                         s["tmp"] + "/m.txt"])),
                            "--data", draw(data), "--no-latency"],
         "doctor": lambda: [draw(ckpt)],
         "prunability": lambda: [draw(ckpt), "--points", draw(num)],
@@ -176,11 +187,13 @@ def command_line(draw, s):
     return [cmd, *args]
 
 
-@settings(max_examples=EXAMPLES, deadline=DEADLINE, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
-@given(data=st.data())
-def test_malformed_command_lines_are_rejected_in_one_line_or_run(store, data, capsys):
-    argv = data.draw(command_line(store))
+# found in CI: the feature-point check of `at` ran after the step had taken its lock
+@example(argv=["distill", "{parent}", "--student", "mlp", "--data", "{three}", "--epochs", "1", "-o", "widths=[4]",
+               "--loss", "at=1"])
+@CAMPAIGN_SETTINGS
+@given(argv=command_line())
+def test_malformed_command_lines_are_rejected_in_one_line_or_run(store, argv, capsys):
+    argv = [a.format(**{k: str(v) for k, v in store.items()}) for a in argv]
     runs = store["runs"]
     if argv[0] in ("train", "prune", "quantize", "distill"):
         argv += ["--runs", str(runs), "--quiet"]

@@ -30,6 +30,8 @@ from compresslab.runs.scratch import Scratch
 from compresslab.train import FitResult, Recipe, evaluate_logits, fit
 
 NOISE_KINDS = ("uniform-noise", "gaussian-noise")
+#: The loss terms distillation adds to ``fit``'s (``ce``).
+DISTILL_TERMS = ("kd", "at", "hint")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, *,
@@ -241,6 +243,35 @@ def teacher_attention_maps(teacher: nn.Module, x: torch.Tensor, points: list[str
     return {p: torch.cat(v) for p, v in maps.items()}
 
 
+def validate_distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, *,
+                     loss: dict[str, float], temperature: float = 4.0, at_points=None,
+                     hint_points=None) -> tuple[set[str], dict[str, str], dict[str, str]]:
+    """Everything :func:`distill` would reject about its inputs, checked without training
+    (cheap: feature shapes are probed on two training examples). Returns the distillation
+    terms wanted and the ``at`` and ``hint`` point pairs. Raises :class:`UserError`."""
+    unknown = sorted(set(loss) - {"ce", *DISTILL_TERMS})
+    if unknown:
+        raise UserError(f"loss: unknown term {unknown[0]!r}; available terms: {', '.join(sorted({'ce', *DISTILL_TERMS}))}")
+    wants = {name for name in DISTILL_TERMS if name in loss}
+    if "kd" in wants and not temperature > 0:
+        raise UserError(f"temperature must be > 0, got {temperature}")
+    n, k = data.x_train.shape[0], data.num_classes
+    if n == 0:
+        raise UserError(f"dataset {data.name} has no training examples to distil on")
+    if isinstance(teacher, torch.Tensor):
+        if tuple(teacher.shape) != (n, k):
+            raise UserError(f"fixed teacher logits must have shape ({n}, {k}) (one row per training example), "
+                            f"got {tuple(teacher.shape)}")
+        if wants - {"kd"}:
+            raise UserError(f"a noise teacher has only logits: the loss terms {', '.join(sorted(wants - {'kd'}))} "
+                            "need a teacher network; use kd and ce")
+        return wants, {}, {}
+    sample = data.x_train[:2]
+    at_pairs = match_points(student, teacher, sample, at_points, term="at") if "at" in wants else {}
+    hint_pairs = match_points(student, teacher, sample, hint_points, term="hint") if "hint" in wants else {}
+    return wants, at_pairs, hint_pairs
+
+
 def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, recipe: Recipe, *,
             loss: dict[str, float] | None = None, temperature: float = 4.0, at_points=None, hint_points=None,
             cache_teacher: bool | None = None, seed: int = 0, callback=None,
@@ -257,23 +288,15 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
     teacher (its targets are whole feature maps).
     """
     loss = dict(loss or {"kd": 0.9, "ce": 0.1})
-    n, k = data.x_train.shape[0], data.num_classes
-    wants = {name for name in ("kd", "at", "hint") if name in loss}
+    wants, at_pairs, hint_pairs = validate_distill(teacher, student, data, loss=loss, temperature=temperature,
+                                                   at_points=at_points, hint_points=hint_points)
     if isinstance(teacher, torch.Tensor):
-        if tuple(teacher.shape) != (n, k):
-            raise UserError(f"fixed teacher logits must have shape ({n}, {k}) (one row per training example), "
-                            f"got {tuple(teacher.shape)}")
-        if wants - {"kd"}:
-            raise UserError(f"a noise teacher has only logits: the loss terms {', '.join(sorted(wants - {'kd'}))} "
-                            "need a teacher network; use kd and ce")
         signal = TeacherSignal(logits=teacher.float())
         terms = {"kd": KDTerm(signal, temperature)} if "kd" in wants else {}
         return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback, max_steps=max_steps,
                weight_decay_scale=weight_decay_scale)
 
     sample = data.x_train[:2]
-    at_pairs = match_points(student, teacher, sample, at_points, term="at") if "at" in wants else {}
-    hint_pairs = match_points(student, teacher, sample, hint_points, term="hint") if "hint" in wants else {}
     live = list(dict.fromkeys(hint_pairs.values()))
     if cache_teacher and recipe.augment != "none":
         raise UserError("cache_teacher needs augment: none (the teacher must see each augmented batch)")

@@ -115,6 +115,7 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
     """One row per (model, replicate): accuracy, cost, every metric against that replicate's parent."""
     from compresslab.measure import compare_logits, latency
     from compresslab.measure.cka import cache_features
+    from compresslab.models import feature_points
     from compresslab.runs.checkpoint import load_checkpoint
     from compresslab.runs.scratch import Scratch
     from compresslab.study.steps import data_of
@@ -134,7 +135,8 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
             parent_logits = np.load(parent_dir / f"logits_{spec.split}.npy")
             parent_model, _ = load_checkpoint(parent_dir)
             # the parent's activations, computed once per replicate, kept as RAM-backed memmaps
-            parent_features = cache_features(parent_model, x, spec.cka_points, cache, prefix=f"parent-s{seed}")
+            parent_features = cache_features(parent_model, x, spec.cka_points, cache, prefix=f"parent-s{seed}") \
+                if spec.cka_points is not None or feature_points(parent_model) else None  # None: no CKA
             parent_bits = read_json(parent_dir / "metrics.json")["cost"]["nonzero_bytes"]
             scratch = {canonical_json(e.step.spec["model"]): e.name for e in entries if e.method == "scratch"}
             for e in entries:
@@ -156,7 +158,8 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
                 if "quantization" in metrics:
                     row["quantization"] = metrics["quantization"]
                 if e.role != "parent":
-                    row["cka_points"] = _cka(parent_features, model, x, spec.cka_points)
+                    row["cka_points"] = {} if parent_features is None else \
+                        _cka(parent_features, model, x, spec.cka_points)
                     vals = [v for v in row["cka_points"].values() if v is not None]
                     row["function"]["cka"] = float(np.mean(vals)) if vals else None
                 rows.append(row)
@@ -207,6 +210,8 @@ def analyse(spec: CompressionFunctionalSpec, rows: list[dict]) -> dict:
         summaries[n] = summ
 
     notes = []
+    if not any(r.get("cka_points") for r in rows):
+        notes.append("CKA not measured: the parent exposes no feature points (name some with cka_points)")
     comparisons = []
     for n, group in by_name.items():
         if n in ("parent", "independent"):

@@ -212,6 +212,7 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
     RAM-backed :class:`Scratch` until the measurement ends, and compared with every model's."""
     from compresslab.measure.cka import cache_features, cka_against_cached
     from compresslab.measure.pairwise import pairwise_metrics
+    from compresslab.models import feature_points
     from compresslab.runs.checkpoint import load_checkpoint
     from compresslab.runs.scratch import Scratch
     from compresslab.study.steps import data_of
@@ -230,7 +231,8 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
     rows = []
     loaded = {}
     with progress.task("measure: CKA and adversarial transfer") if progress else nullcontext(), Scratch() as scratch:
-        teacher_features = cache_features(teacher, x, spec.cka_points, scratch)
+        teacher_features = cache_features(teacher, x, spec.cka_points, scratch) \
+            if spec.cka_points is not None or feature_points(teacher) else None  # None: no CKA
         for i, m in enumerate(models):
             if i == 0:
                 continue
@@ -241,7 +243,7 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
                    "train_seconds": metrics.get("train_seconds"),
                    **{k: float(matrices[k][0, i]) for k in OUTPUT_METRICS}}
             model, _ = load_checkpoint(d)
-            cka = cka_against_cached(teacher_features, model, x, spec.cka_points)
+            cka = {} if teacher_features is None else cka_against_cached(teacher_features, model, x, spec.cka_points)
             row["cka_points"] = {k: {"unbiased": v["unbiased"], "biased": v["biased"]} for k, v in cka.items()}
             unb = [v["unbiased"] for v in cka.values() if v["unbiased"] is not None]
             bia = [v["biased"] for v in cka.values() if v["biased"] is not None]
@@ -290,6 +292,8 @@ def analyse(spec: KDFunctionalSpec, rows: list[dict], pairwise: dict) -> dict:
 
     comparisons = []
     notes = []
+    if not any(r.get("cka_points") for r in rows):
+        notes.append("CKA not measured: the teacher exposes no feature points (name some with cka_points)")
     if "teacher" in by_cond:
         for metric in spec.metrics:
             a = values(by_cond["teacher"], metric)

@@ -205,6 +205,78 @@ def run_quantize(step: Step, out: Path, parents: dict[str, Path], callback=None)
 RUNNERS = {"train": run_train, "distill": run_distill, "prune": run_prune, "quantize": run_quantize}
 
 
+def _parent_model(parent, data: Dataset) -> torch.nn.Module | None:
+    """A step's parent as a float model: a checkpoint directory (``Path``), or a train
+    :class:`Step` not run yet (its architecture, untrained: the shapes a check needs); None
+    when neither is at hand."""
+    if isinstance(parent, Step):
+        return build(parent.spec["model"], data, parent.spec["seed"]) if parent.kind == "train" else None
+    return load_checkpoint(parent, apply_transforms=False)[0]
+
+
+def check_distill(step: Step, parents: dict) -> None:
+    from compresslab.compress.distill import validate_distill
+
+    s = step.spec
+    data = data_of(s)
+    if s.get("teacher") is None:
+        teacher = _parent_model(parents["teacher"], data)
+        if teacher is None:
+            return
+    else:
+        teacher = make_teacher(s, data, parents)
+    validate_distill(teacher, build(s["student"], data, s["seed"]), data, loss=s["loss"],
+                     temperature=s["temperature"], at_points=s.get("at_points"), hint_points=s.get("hint_points"))
+
+
+def check_prune(step: Step, parents: dict) -> None:
+    from compresslab.compress.prune import METHODS, prunable_parameters
+
+    s = step.spec
+    data = data_of(s)
+    model = _parent_model(parents["parent"], data)
+    if model is None:
+        return
+    if s.get("method") == "channel":
+        from compresslab.compress.structured import structured_prune
+
+        batch = (data.x_train[:2], data.y_train[:2]) if s["importance"] == "taylor" else None
+        structured_prune(model, data.input_shape, amount=s["amount"], importance=s["importance"],
+                         global_pruning=s["global_channels"], data=batch)  # a dry run on a throwaway copy
+        return
+    if s.get("method", "global-l1") not in METHODS:
+        raise UserError(f"pruning method {s['method']!r}: use one of {', '.join((*METHODS, 'channel'))}")
+    if not prunable_parameters(model, scope=s["scope"]):
+        raise UserError(f"the model has no parameters to prune in scope {s['scope']!r}")
+
+
+def check_quantize(step: Step, parents: dict) -> None:
+    from compresslab.compress import quantize as q
+
+    s = step.spec
+    data = data_of(s)
+    model = _parent_model(parents["parent"], data)
+    if model is None:
+        return
+    if s["scheme"] in ("fake", "qat"):
+        q.attach_fake_quant(model, s["bits"], act_bits=s.get("act_bits"),
+                            **{k: s[k] for k in ("per_channel", "symmetric", "observer", "percentile")})
+    elif s["scheme"] == "ptq-static":
+        q.calibrate_static_int8(model, [data.x_train[:2]])
+
+
+#: Checks that run before a step takes its lock: they raise :class:`UserError` for input the
+#: step would reject, so a rejected command writes nothing. ``parents`` maps each role to a
+#: checkpoint directory or a not-yet-run parent step.
+CHECKS = {"distill": check_distill, "prune": check_prune, "quantize": check_quantize}
+
+
+def check_step(step: Step, parents: dict) -> None:
+    check = CHECKS.get(step.kind)
+    if check is not None:
+        check(step, parents)
+
+
 QUANT_SCHEMES = ("ptq-dynamic", "ptq-static", "fake", "qat")
 
 
