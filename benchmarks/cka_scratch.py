@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from compresslab.measure.cka import LinearCKA, cache_features, cka_against_cached, cka_between
-from compresslab.runs.scratch import Scratch
+from compresslab.scratch import Scratch
 
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 

@@ -11,7 +11,7 @@ import torch
 from compresslab.errors import UserError
 from compresslab.measure.cka import cache_features, cka_against_cached, cka_between
 from compresslab.models import create_model
-from compresslab.runs.scratch import ENV, Scratch, scratch_root
+from compresslab.scratch import ENV, Scratch, scratch_root
 
 
 def test_memmap_round_trip(tmp_path):
@@ -52,7 +52,7 @@ def test_directory_removed_on_exit_and_on_exception(tmp_path):
 
 
 def test_stale_directory_of_a_killed_process_is_removed(tmp_path):
-    child = ("import sys, time\nfrom compresslab.runs.scratch import Scratch\n"
+    child = ("import sys, time\nfrom compresslab.scratch import Scratch\n"
              "s = Scratch(sys.argv[1]).__enter__()\ns.array('x', (1000,))[:] = 1\n"
              "print(s.path, flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], stdout=subprocess.PIPE, text=True)

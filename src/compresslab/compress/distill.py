@@ -26,7 +26,7 @@ from torch import nn
 from compresslab.data import Dataset
 from compresslab.errors import UserError
 from compresslab.models import capture_features, feature_points
-from compresslab.runs.scratch import Scratch
+from compresslab.scratch import Scratch
 from compresslab.train import FitResult, Recipe, evaluate_logits, fit
 
 NOISE_KINDS = ("uniform-noise", "gaussian-noise")

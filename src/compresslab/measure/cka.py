@@ -45,7 +45,7 @@ its self-HSIC is not positive, or there are too few examples (n < 2 biased,
 n < 4 unbiased).
 
 To compare one model (a teacher) with many, :func:`cache_features` runs it once and
-keeps its activations as memory-mapped arrays in a :class:`~compresslab.runs.scratch.Scratch`;
+keeps its activations as memory-mapped arrays in a :class:`~compresslab.scratch.Scratch`;
 :func:`cka_against_cached` then gives each other model's :func:`cka_between` numbers.
 """
 
@@ -401,7 +401,7 @@ def cache_features(model: nn.Module, x, points: list[str] | None, scratch, *, ba
                    prefix: str = "features") -> dict[str, np.memmap]:
     """Run ``model`` over ``x`` once and keep its activations at ``points`` in ``scratch``.
 
-    ``scratch`` is an open :class:`compresslab.runs.scratch.Scratch`; ``points``
+    ``scratch`` is an open :class:`compresslab.scratch.Scratch`; ``points``
     defaults to all the model's feature points. Returns ``{point: read-only memmap}``
     of shape (n, d), the flattened per-example activations as float32, in the order
     of ``points``; arrays are named ``<prefix>-<i>`` in the scratch. The model runs

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresslab.compress.prune import apply_masks
+from compresslab.models.masks import apply_masks
 from compresslab.data.core import Dataset
 from compresslab.errors import UserError
 from compresslab.figures import save_png

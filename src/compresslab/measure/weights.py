@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compresslab.compress.prune import prunable_parameters
+from compresslab.models.masks import prunable_parameters
 from compresslab.errors import UserError
 from compresslab.figures import save_png
 

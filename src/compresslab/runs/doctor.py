@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from compresslab.errors import UserError
-from compresslab.runs.store import FAILED, LOCKS, TMP, _pid_alive
+from compresslab.runs.store import FAILED, LOCKS, TMP
+from compresslab.scratch import pid_alive
 
 
 def _json_problem(path: Path) -> str | None:
@@ -75,7 +76,7 @@ def diagnose(root: str | Path) -> dict:
         raise UserError(f"{root}: not a directory; pass a run store directory (the --runs of your commands)")
     steps = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "studies")
     broken = [{"step": d.name, "problems": p} for d in steps if (p := check_step(d))]
-    tmp = [d.name for d in sorted((root / TMP).glob("*")) if not _pid_alive(_pid(d.name))] if (root / TMP).is_dir() else []
+    tmp = [d.name for d in sorted((root / TMP).glob("*")) if not pid_alive(_pid(d.name))] if (root / TMP).is_dir() else []
     locks = [f.name for f in sorted((root / LOCKS).glob("*.lock")) if _lock_free(f)] if (root / LOCKS).is_dir() else []
     failed = []
     for f in sorted((root / FAILED).glob("*.json")) if (root / FAILED).is_dir() else []:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from compresslab.errors import UserError
+from compresslab.scratch import pid_alive
 
 #: Bump when the meaning of a step's outputs changes, so old results are not reused.
 STORE_VERSION = 1
@@ -69,16 +70,6 @@ class Step:
     @property
     def dirname(self) -> str:
         return f"{self.kind}-{self.hash[:16]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunStore:
@@ -183,7 +174,7 @@ class RunStore:
                 pid = int(d.name.split(".")[-2])
             except (IndexError, ValueError):
                 pid = -1
-            if pid <= 0 or not _pid_alive(pid):
+            if pid <= 0 or not pid_alive(pid):
                 shutil.rmtree(d, ignore_errors=True)
 
 
@@ -285,7 +276,7 @@ class RemoteStore(RunStore):
                 holder = json.loads(f.read() or b"{}")
         except (FileNotFoundError, json.JSONDecodeError):
             return True
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+        if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1))):
             return True
         return time.time() - float(holder.get("time", 0)) > self.lock_ttl
 

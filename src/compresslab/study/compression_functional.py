@@ -117,7 +117,7 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
     from compresslab.measure.cka import cache_features
     from compresslab.models import feature_points
     from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.runs.scratch import Scratch
+    from compresslab.scratch import Scratch
     from compresslab.study.steps import data_of
 
     children = {c.name: c for c in spec.children}

@@ -214,7 +214,7 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
     from compresslab.measure.pairwise import pairwise_metrics
     from compresslab.models import feature_points
     from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.runs.scratch import Scratch
+    from compresslab.scratch import Scratch
     from compresslab.study.steps import data_of
 
     data = data_of(reference.spec)

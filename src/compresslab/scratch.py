@@ -30,11 +30,21 @@ from pathlib import Path
 import numpy as np
 
 from compresslab.errors import UserError
-from compresslab.runs.store import _pid_alive
 
 ENV = "COMPRESSLAB_SCRATCH"
 PREFIX = "compresslab-"
 _OWNED = re.compile(rf"^{PREFIX}(\d+)-")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def scratch_root() -> Path:
@@ -53,7 +63,7 @@ def clean_stale(root: Path) -> list[Path]:
     removed = []
     for d in Path(root).iterdir():
         m = _OWNED.match(d.name)
-        if m and d.is_dir() and not d.is_symlink() and not _pid_alive(int(m.group(1))):
+        if m and d.is_dir() and not d.is_symlink() and not pid_alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
