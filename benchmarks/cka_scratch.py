@@ -96,10 +96,11 @@ def kd_part(rounds: int) -> None:
     torch.set_num_threads(1)
     from compresslab.runs.checkpoint import load_checkpoint
     from compresslab.runs.store import RunStore
-    from compresslab.study.kd_functional import CONDITIONS, expand_kd, parse_kd_spec, run_kd_study
-    from compresslab.study.steps import data_of
+    from compresslab.steps import data_of
+    from compresslab.study import parse_spec, run_kind
+    from compresslab.study.kd_functional import CONDITIONS, expand_kd
 
-    spec = parse_kd_spec({
+    spec = parse_spec({
         "kind": "kd-functional", "name": "tiny-kd", "data": "mnist1d",
         "teacher": {"name": "cnn1d", "options": {"width": 8, "depth": 2, "hidden": 16}},
         "student": {"name": "cnn1d", "options": {"width": 4, "depth": 2, "hidden": 8}},
@@ -108,12 +109,12 @@ def kd_part(rounds: int) -> None:
         "adversarial": {"attack": "pgd", "eps": 0.3, "steps": 3},
     })
     with tempfile.TemporaryDirectory(prefix="cka-scratch-kd-") as runs:
-        t_study, (results, _) = timed(lambda: run_kd_study(spec, runs))
+        t_study, (results, _) = timed(lambda: run_kind(spec, runs))
         store = RunStore(runs)
-        reference, others, students = expand_kd(spec)
-        x, _ = data_of(reference.spec).split(spec.split)
-        teacher, _ = load_checkpoint(store.path(reference))
-        models = [load_checkpoint(store.path(m["step"]))[0] for m in [*others, *students]]
+        reference, *others = expand_kd(spec)
+        x, _ = data_of(reference.step.spec).split(spec.split)
+        teacher, _ = load_checkpoint(store.path(reference.step))
+        models = [load_checkpoint(store.path(e.step))[0] for e in others]
 
         def before():
             return [cka_between(teacher, m, x, points=spec.cka_points) for m in models]
@@ -132,7 +133,7 @@ def kd_part(rounds: int) -> None:
         diff = max(abs(a[k][e] - b[k][e]) for a, b in zip(old, new) for k in a for e in ("biased", "unbiased")
                    if a[k][e] is not None)
         rows = {r["name"]: r["cka_points"] for r in results["models"]}
-        names = [o["name"] for o in others] + [s["name"] for s in students]
+        names = [e.name for e in others]
         diff_study = max(abs(a[k][e] - rows[name][k][e]) for name, a in zip(names, old) for k in a
                          for e in ("biased", "unbiased") if a[k][e] is not None)
         print(f"\nkd-functional tiny study (tests/test_kd_functional.py), {torch.get_num_threads()} thread: "

@@ -13,6 +13,7 @@ from compresslab.compress.distill import (
     distill,
     match_points,
     noise_logits,
+    validate_distill,
 )
 from compresslab.data import Dataset
 from compresslab.errors import UserError
@@ -116,6 +117,36 @@ def test_noise_teacher_gives_each_example_the_same_target_every_epoch(monkeypatc
         expected = torch.log_softmax(fixed[i] / 2.0, 0)
         assert all(torch.allclose(r, expected, atol=1e-6) for r in rows)
         assert all(torch.equal(r, rows[0]) for r in rows)
+
+
+@pytest.mark.parametrize("teacher, kwargs, message", [
+    ("net", {"loss": {"kd": 1.0, "dance": 1.0}}, "loss: unknown term 'dance'; available terms: at, ce, hint, kd"),
+    ("net", {"loss": {"kd": "x"}}, "must be a number"),
+    ("net", {"loss": {"kd": 1.0}, "temperature": 0.0}, "temperature must be > 0"),
+    ("noise", {"loss": {"kd": 1.0, "at": 10}}, "need a teacher network"),
+    ("noise", {"loss": {"ce": 1.0, "hint": 1.0}}, "need a teacher network"),
+    ("short-noise", {"loss": {"kd": 1.0}}, "shape"),
+    ("net", {"loss": {"ce": 1.0, "at": 10}, "at_points": {"stage1": "stage2"}}, "same spatial size"),
+    ("net", {"loss": {"ce": 1.0, "hint": 1.0}, "hint_points": ["nowhere"]}, "unknown feature"),
+])
+def test_validate_distill_rejects_bad_input_without_training(teacher, kwargs, message):
+    teacher = {"net": _cnn(32, seed=5), "noise": torch.zeros(96, 4), "short-noise": torch.zeros(95, 4)}[teacher]
+    student = _cnn(8, seed=1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(UserError, match=message):
+        validate_distill(teacher, student, _data(), **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_validate_distill_accepts_good_input_and_changes_nothing():
+    teacher, student = _cnn(32, seed=5), _cnn(8, seed=1)
+    teacher.train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert validate_distill(teacher, student, _data(), loss={"kd": 0.5, "ce": 0.5, "at": 100, "hint": 1.0}) is None
+    assert validate_distill(torch.zeros(96, 4), student, _data(), loss={}) is None  # the default loss: kd and ce
+    assert teacher.training and student.training and torch.equal(rng, torch.get_rng_state())
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
 def test_noise_teacher_refuses_feature_terms():

@@ -11,9 +11,9 @@ from compresslab.cli import main
 from compresslab.data.core import Dataset
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import Step
-from compresslab.study.steps import dataset
+from compresslab.steps import dataset
 from compresslab.train import Recipe, accuracy, fit
-from compresslab.train.distributed import HASH_ENV
+from compresslab.steps.distributed import HASH_ENV
 
 TINY = ["--model", "cnn1d", "--data", "mnist1d", "--option", "width=8", "--option", "depth=2",
         "--option", "hidden=16", "--quiet", "--json"]

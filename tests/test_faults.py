@@ -12,7 +12,7 @@ import pytest
 from compresslab.cli import main
 from compresslab.runs.store import COMPLETE, LOCKS, RunStore, Step
 from compresslab.study import load_spec
-from compresslab.study.runner import expand
+from compresslab.study.plain import expand
 
 SPEC = """\
 name: faults

@@ -6,8 +6,8 @@ import yaml
 
 from compresslab.cli import main
 from compresslab.errors import UserError
-from compresslab.study import load_spec
-from compresslab.study.kd_functional import CONDITIONS, KDFunctionalSpec, expand_kd, parse_kd_spec
+from compresslab.study import load_spec, parse_spec
+from compresslab.study.kd_functional import CONDITIONS, KDFunctionalSpec, expand_kd
 
 TINY = {
     "kind": "kd-functional", "name": "tiny-kd", "data": "mnist1d",
@@ -21,11 +21,12 @@ TINY = {
 
 
 def test_expand_gives_every_condition_its_teacher():
-    spec = parse_kd_spec(TINY)
-    reference, others, students = expand_kd(spec)
+    entries = expand_kd(parse_spec(TINY))
+    reference = entries[0].step
     assert reference.kind == "train" and reference.spec["seed"] == 0
-    assert [o["name"] for o in others] == ["self-teacher", "teacher-seed1001", "teacher-seed1002"]
-    by = {(s["condition"], s["seed"]): s["step"] for s in students}
+    assert [e.name for e in entries if e.role == "control" and "condition" not in e.info] == \
+        ["self-teacher", "teacher-seed1001", "teacher-seed1002"]
+    by = {(e.info["condition"], e.info["seed"]): e.step for e in entries if "condition" in e.info}
     assert len(by) == len(CONDITIONS) * 2
     assert by[("teacher", 1)].parents["teacher"] is reference
     assert by[("teacher-other-seed", 2)].parents["teacher"].spec["seed"] == 1002
@@ -51,7 +52,7 @@ def test_expand_gives_every_condition_its_teacher():
 ])
 def test_invalid_spec_is_a_one_line_user_error(change, message):
     with pytest.raises(UserError, match=message) as err:
-        parse_kd_spec({**TINY, **change})
+        parse_spec({**TINY, **change})
     assert "\n" not in str(err.value)
 
 

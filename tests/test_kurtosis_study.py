@@ -4,15 +4,8 @@ import json
 import pytest
 
 from compresslab.errors import UserError
-from compresslab.study.kurtosis import (
-    KurtosisSpec,
-    expand_kurtosis,
-    load_kurtosis_spec,
-    measured_prunability,
-    parse_kurtosis_spec,
-    run_kurtosis_study,
-    spearman,
-)
+from compresslab.study import parse_spec, run_kind
+from compresslab.study.kurtosis import KurtosisSpec, expand_kurtosis, load_kurtosis_spec, measured_prunability, spearman
 
 TINY = {
     "kind": "kurtosis", "name": "tiny-kurtosis", "data": "digits",
@@ -24,8 +17,8 @@ TINY = {
 
 
 def test_tiny_study_runs_and_reuses(tmp_path):
-    spec = parse_kurtosis_spec(TINY)
-    results, out = run_kurtosis_study(spec, tmp_path / "runs")
+    spec = parse_spec(TINY)
+    results, out = run_kind(spec, tmp_path / "runs")
     assert {"study", "kind", "parents", "correlations", "tolerance", "note"} <= results.keys()
     assert results["kind"] == "kurtosis" and len(results["parents"]) == 4
     assert len(results["steps"]["ran"]) == 4 + 4 * 3 and not results["steps"]["reused"]
@@ -39,7 +32,7 @@ def test_tiny_study_runs_and_reuses(tmp_path):
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
     assert json.loads((out / "results.json").read_text())["parents"] == results["parents"]
 
-    again, out2 = run_kurtosis_study(spec, tmp_path / "runs")
+    again, out2 = run_kind(spec, tmp_path / "runs")
     assert out2 == out and not again["steps"]["ran"] and len(again["steps"]["reused"]) == 16
     assert again["parents"] == results["parents"]
 
@@ -57,17 +50,17 @@ def test_helpers():
                                     {"unknown": 1}])
 def test_invalid_spec_is_user_error(change):
     with pytest.raises(UserError):
-        parse_kurtosis_spec({**TINY, **change})
+        parse_spec({**TINY, **change})
 
 
 def test_preset_validates_and_shares_default_parent():
-    from compresslab.study.runner import expand
+    from compresslab.study.plain import expand
     from compresslab.study.spec import load_spec
 
     spec = load_kurtosis_spec()
     assert isinstance(spec, KurtosisSpec) and len(spec.models) * len(spec.seeds) == 6
     default = expand(load_spec(preset="default"))
-    assert expand_kurtosis(spec)[0][0]["step"].hash == default[0].step.hash
+    assert expand_kurtosis(spec)[0].step.hash == default[0].step.hash
 
 
 def test_kurtosis_study_through_the_cli(tmp_path, capsys):

@@ -6,7 +6,8 @@ import yaml
 
 from compresslab.cli import main
 from compresslab.errors import UserError
-from compresslab.study.moonshine import expand_moonshine, pareto_front, parse_moonshine_spec
+from compresslab.study import parse_spec
+from compresslab.study.moonshine import expand_moonshine, pareto_front
 
 TINY = {
     "kind": "moonshine", "name": "tiny-moonshine", "data": "mnist1d",
@@ -24,9 +25,9 @@ def test_pareto_front():
 
 
 def test_expand_reuses_the_teacher_for_the_conv_scratch_student():
-    teacher, students = expand_moonshine(parse_moonshine_spec(TINY))
-    by = {s["name"]: s["step"] for s in students}
-    assert len(by) == 9 and by["Conv-scratch"].hash == teacher.hash
+    teacher, *students = expand_moonshine(parse_spec(TINY))
+    by = {s.name: s.step for s in students}
+    assert len(by) == 9 and by["Conv-scratch"].hash == teacher.step.hash
     assert by["DConv-at"].spec["loss"] == {"ce": 1.0, "at": 1000.0}
     assert by["G4B2-at+kd"].spec["loss"] == {"kd": 0.9, "ce": pytest.approx(0.1), "at": 1000.0}
     assert by["G4B2-scratch"].spec["model"]["options"] == {"block": "G4B2"}
@@ -38,7 +39,7 @@ def test_expand_reuses_the_teacher_for_the_conv_scratch_student():
                                              ({"blocks": ["DConv", "DConv"]}, "distinct")])
 def test_invalid_spec(change, message):
     with pytest.raises(UserError, match=message):
-        parse_moonshine_spec({**TINY, **change})
+        parse_spec({**TINY, **change})
 
 
 def test_tiny_study_through_the_cli(tmp_path, capsys):
@@ -90,11 +91,11 @@ def test_presets_parse_and_every_block_fits_the_teacher(preset):
 def test_linear_substitution_fits_budgets_and_runs_through_the_cli(tmp_path, capsys):
     from compresslab.measure import count_params
     from compresslab.models import create_model
-    from compresslab.study.linear_substitution import fitted_blocks, parse_linear_spec
+    from compresslab.study.linear_substitution import fitted_blocks
 
     raw = {"kind": "linear-substitution", "name": "tiny-linear", "data": "mnist1d", "teacher": {"name": "wrn1d-10-1"},
            "recipe": TINY["recipe"], "budgets": [6000], "compare": ["DConvB2"], "latency": False}
-    spec = parse_linear_spec(raw)
+    spec = parse_spec(raw)
     fitted = fitted_blocks(spec)
     assert {f["kind"] for f in fitted} == {"lowrank", "acdc", "shuffle", "hashed"}
     for f in fitted:  # the closed-form count is the built network's, and within the budget
@@ -107,13 +108,13 @@ def test_linear_substitution_fits_budgets_and_runs_through_the_cli(tmp_path, cap
     assert {s["block"] for s in r["students"]} == {"DConvB2", "DConv", *(f["block"] for f in fitted)}
     assert len(r["substitutes"]) == len(fitted)
     with pytest.raises(UserError, match="DConv-family"):
-        fitted_blocks(parse_linear_spec({**raw, "base": "G8B2"}))
+        fitted_blocks(parse_spec({**raw, "base": "G8B2"}))
 
 
 def test_scaled_weight_decay_only_changes_substituted_students():
-    plain = expand_moonshine(parse_moonshine_spec({**TINY, "blocks": ["DConv", "DConv+lowrank2"]}))[1]
-    scaled = expand_moonshine(parse_moonshine_spec({**TINY, "blocks": ["DConv", "DConv+lowrank2"],
-                                                    "scale_substitute_wd": True}))[1]
+    plain = expand_moonshine(parse_spec({**TINY, "blocks": ["DConv", "DConv+lowrank2"]}))[1:]
+    scaled = expand_moonshine(parse_spec({**TINY, "blocks": ["DConv", "DConv+lowrank2"],
+                                          "scale_substitute_wd": True}))[1:]
     for a, b in zip(plain, scaled):
-        assert (a["step"].hash == b["step"].hash) == ("+" not in a["block"])
-        assert b["step"].spec.get("scale_substitute_wd", False) == ("+" in b["block"])
+        assert (a.step.hash == b.step.hash) == ("+" not in a.info["block"])
+        assert b.step.spec.get("scale_substitute_wd", False) == ("+" in b.info["block"])

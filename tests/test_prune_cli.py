@@ -4,7 +4,7 @@ import json
 import pytest
 
 from compresslab.cli import main
-from compresslab.study import load_spec, run_study
+from compresslab.study import load_spec, run_kind
 
 PRUNABILITY_KEYS = {"p_star", "cos_at_p_star", "kurtosis_of_kurtoses", "safe_amount", "curve", "per_tensor_kurtosis"}
 
@@ -76,7 +76,7 @@ def test_prune_sweep_study(tmp_path):
                 "  - {name: rand80, method: prune, amount: 0.8, criterion: random}\n")
     text = TINY_STUDY.format(epochs=2)
     spec.write_text(text[:text.index("children:")] + children + text[text.index("controls:"):])
-    results, out = run_study(load_spec(spec), tmp_path / "runs")
+    results, out = run_kind(load_spec(spec), tmp_path / "runs")
     by = {m["name"]: m for m in results["models"]}
     assert by["p80"]["sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert by["star"]["amount_rule"]["p_star"] == pytest.approx(by["star"]["sparsity"], abs=1e-3)

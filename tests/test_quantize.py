@@ -143,7 +143,7 @@ def parent(tmp_path_factory):
                                                  "observer": "percentile"}),
                                        ("qat", {"bits": {"conv": 6, "linear": 4}, "act_bits": 8, "epochs": 1})])
 def test_each_scheme_reloads_to_the_same_function(parent, scheme, kw):
-    from compresslab.study.steps import dataset
+    from compresslab.steps import dataset
 
     ckpt, runs = parent
     r = quantize_checkpoint(ckpt, "mnist1d", scheme=scheme, runs=runs, **kw)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from compresslab.cli import main
-from compresslab.study import expand, load_spec, run_study
+from compresslab.study import load_spec, run_kind
+from compresslab.study.plain import expand
 
 MODEL_KEYS = {"name", "role", "method", "step", "accuracy", "accuracy_val", "cost", "function", "train_seconds"}
 
@@ -45,13 +46,13 @@ def test_tiny_study_through_the_cli(capsys, tiny_study, tmp_path):
 
 def test_same_spec_and_seed_give_bit_identical_results(tiny_study, tmp_path):
     spec = load_spec(tiny_study)
-    r1, _ = run_study(spec, tmp_path / "a")
-    r2, _ = run_study(spec, tmp_path / "b")
+    r1, _ = run_kind(spec, tmp_path / "a")
+    r2, _ = run_kind(spec, tmp_path / "b")
     for m1, m2 in zip(r1["models"], r2["models"]):
         assert m1["function"] == m2["function"] and m1["accuracy"] == m2["accuracy"]
         for f in ("model.safetensors", "logits_test.npy"):
             assert (tmp_path / "a" / m1["step"] / f).read_bytes() == (tmp_path / "b" / m2["step"] / f).read_bytes()
-    r3, _ = run_study(spec, tmp_path / "a")
+    r3, _ = run_kind(spec, tmp_path / "a")
     assert r3["steps"]["ran"] == [] and len(r3["steps"]["reused"]) == 6
 
 
@@ -68,7 +69,8 @@ def test_resume_after_kill_reruns_nothing_finished(tmp_path):
     parent_dir = runs / expand(spec)[0].step.dirname
     proc = subprocess.Popen([sys.executable, "-m", "compresslab.cli", "study", str(spec_path), "--runs", str(runs),
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                    p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)})
     deadline = time.time() + 120
     while not parent_dir.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -82,7 +84,7 @@ def test_resume_after_kill_reruns_nothing_finished(tmp_path):
     assert leftovers, "the killed step should have left its temp directory"
     inode = (parent_dir / "model.safetensors").stat().st_ino
 
-    results, _ = run_study(spec, runs)
+    results, _ = run_kind(spec, runs)
     assert "parent" in results["steps"]["reused"] and "kd" in results["steps"]["ran"]
     assert (parent_dir / "model.safetensors").stat().st_ino == inode
     assert not any((runs / ".tmp").iterdir())

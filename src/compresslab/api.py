@@ -1,19 +1,47 @@
 """The public Python API: one function per CLI command."""
 from __future__ import annotations
 
+import hashlib
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
 
+from compresslab.compress.prune import METHODS
+from compresslab.compress.quantize import quantized_layer_bits
+from compresslab.compress.search import search, write_csv
 from compresslab.errors import UserError
+from compresslab.measure import compare_logits, cost_report, count_params, latency
+from compresslab.measure.weights import plot_prunability, prunability
+from compresslab.models import create_model
+from compresslab.models.blocks import parse_block
+from compresslab.runs.checkpoint import load_checkpoint, read_model_json
+from compresslab.runs.store import RunStore, Step, read_json
+from compresslab.steps import build, check_step, dataset, run_step
+from compresslab.steps.common import checkpoint_logits
+from compresslab.steps.specs import data_spec, distill_spec, finetune_recipe, model_spec, prune_spec, quantize_spec, \
+    train_spec
+from compresslab.study.moonshine import KD, MODES, mode_loss
+from compresslab.train import Recipe, evaluate_logits
 
 
-def _recipe(recipe_file: Path | None, overrides: dict):
-    import yaml
+def _task(progress, label: str):
+    """A progress bar (its callback) for one piece of long work, or nothing."""
+    return progress.task(label) if progress else nullcontext(None)
 
-    from compresslab.train import Recipe
 
+def _run(step: Step, parents: dict[str, Path], runs: str | Path, progress, label: str) -> tuple[Path, bool]:
+    """Check ``step`` (before the store is touched: a rejected step writes nothing), then run
+    or reuse it with a progress bar."""
+    check_step(step, parents)
+    with _task(progress, label) as callback:
+        return run_step(step, RunStore(runs), parents, callback)
+
+
+def load_recipe(recipe_file: Path | None, overrides: dict) -> Recipe:
+    """A :class:`Recipe` from a YAML file of fields (or the defaults), with ``overrides`` on top."""
     fields: dict = {}
     if recipe_file is not None:
         path = Path(recipe_file)
@@ -36,51 +64,54 @@ def train_model(model: str, data: str, *, options: dict | None = None, recipe_fi
 
     The checkpoint directory is named by a hash of the full spec, so the same call twice
     trains once. ``nproc`` > 1 trains data-parallel in that many processes (torch DDP
-    through torchrun, see :mod:`compresslab.train.distributed`); ``nproc`` is then part
+    through torchrun, see :mod:`compresslab.steps.distributed`); ``nproc`` is then part
     of the spec.
     """
-    from compresslab.runs.store import RunStore, Step, read_json
-    from compresslab.study.steps import RUNNERS, build, dataset
-
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: must be at least 1 (the number of training processes)")
-    recipe = _recipe(recipe_file, overrides or {})
+    recipe = load_recipe(recipe_file, overrides or {})
     ds = dataset(data, val_fraction, seed)
-    build({"name": model, "options": options or {}}, ds, seed)  # validate name and options before any work
-    spec = {"data": {"name": data, "val_fraction": val_fraction, "seed": seed},
-            "model": {"name": model, "options": options or {}}, "recipe": recipe.model_dump(), "seed": seed}
-    if nproc > 1:
-        if min(recipe.batch_size, ds.sizes()["train"]) < nproc:
-            raise UserError(f"--nproc {nproc}: each batch is split over the processes, so the batch size "
-                            f"({recipe.batch_size}) and the training split ({ds.sizes()['train']}) need at least "
-                            f"{nproc} examples")
-        spec["nproc"] = nproc
+    model_s = model_spec(model, options)
+    build(model_s, ds, seed)  # validate name and options before any work
+    if nproc > 1 and min(recipe.batch_size, ds.sizes()["train"]) < nproc:
+        raise UserError(f"--nproc {nproc}: each batch is split over the processes, so the batch size "
+                        f"({recipe.batch_size}) and the training split ({ds.sizes()['train']}) need at least "
+                        f"{nproc} examples")
+    spec = train_spec(data_spec(data, val_fraction, seed), model_s, recipe, seed, nproc=nproc)
     step = Step("train", spec, label=model)
-    store = RunStore(runs)
-    with (progress.task(f"train {model}") if progress else nullcontext(None)) as callback:
-        if nproc == 1:
-            out, ran = store.run(step, lambda d: RUNNERS["train"](step, d, {}, callback))
-        elif store.is_done(step):
-            out, ran = store.path(step), False
-        else:
-            from compresslab.train.distributed import launch
+    if nproc == 1:
+        out, ran = _run(step, {}, runs, progress, f"train {model}")
+    elif RunStore(runs).is_done(step):
+        out, ran = RunStore(runs).path(step), False
+    else:
+        from compresslab.steps.distributed import launch
 
+        with _task(progress, f"train {model}") as callback:
             r = launch({"spec": spec, "label": model, "runs": str(runs)}, nproc, callback)
-            out, ran = Path(r["checkpoint"]), r["ran"]
+        out, ran = Path(r["checkpoint"]), r["ran"]
     metrics = read_json(out / "metrics.json")
     return {"checkpoint": str(out), "reused": not ran, "accuracy": metrics["accuracy"],
             "train_seconds": metrics.get("train_seconds")}
 
 
+def run_study(spec: str | Path | None = None, *, preset: str | None = None, runs: str | Path = "runs",
+              progress=None, execution=None) -> tuple[dict, Path]:
+    """Run (or resume) a study from a YAML file or a preset (default: the ``default`` preset).
+    ``execution`` (:class:`~compresslab.steps.executor.Execution`) picks the executor.
+    Returns ``(results, output directory)``; see :func:`compresslab.study.run_kind`."""
+    from compresslab.steps.executor import Execution, using
+    from compresslab.study import load_spec, run_kind
+
+    s = load_spec(spec, preset=preset)
+    with using(execution or Execution()):
+        return run_kind(s, runs, progress=progress)
+
+
 def model_info(*, checkpoint: Path | None = None, model: str | None = None, num_classes: int = 10,
                in_channels: int = 1, input_shape: tuple[int, ...] | None = None, options: dict | None = None,
                bits: int | None = None, with_latency: bool = False) -> dict:
-    """Cost of a checkpoint or of a freshly built model (keys of ``cost_report``)."""
-    from compresslab.compress.quantize import quantized_layer_bits
-    from compresslab.measure import cost_report, latency
-    from compresslab.models import create_model
-    from compresslab.runs.checkpoint import load_checkpoint
-
+    """Cost of a checkpoint or of a freshly built model (keys of ``cost_report``). Without an
+    input shape (a fresh model and no ``input_shape``) MACs and BOPs are None and ``note`` says why."""
     layer_bits = None
     if checkpoint is not None:
         net, cfg = load_checkpoint(checkpoint, apply_transforms=False)
@@ -93,14 +124,16 @@ def model_info(*, checkpoint: Path | None = None, model: str | None = None, num_
         net = create_model(model, num_classes=num_classes, in_channels=in_channels, input_shape=input_shape,
                            **(options or {}))
         cfg = None
-    if not input_shape:
-        raise UserError("the input shape is unknown; pass --input-shape, e.g. 3x32x32 or 1x40")
-    if input_shape[0] != (in_channels if checkpoint is None else cfg["model"]["in_channels"]):
+    if not input_shape and with_latency:
+        raise UserError("--latency needs an input shape; pass --input-shape, e.g. 3x32x32 or 1x40")
+    if input_shape and input_shape[0] != (in_channels if checkpoint is None else cfg["model"]["in_channels"]):
         raise UserError(f"--input-shape {'x'.join(map(str, input_shape))} has {input_shape[0]} channels "
                         f"but the model takes {in_channels if cfg is None else cfg['model']['in_channels']}")
     b = bits or 32
-    result = {"model": name, "input_shape": list(input_shape),
-              **cost_report(net, input_shape, weight_bits=b, act_bits=b, layer_bits=layer_bits)}
+    result = {"model": name, "input_shape": list(input_shape) if input_shape else None,
+              **cost_report(net, input_shape or None, weight_bits=b, act_bits=b, layer_bits=layer_bits)}
+    if not input_shape:
+        result["note"] = "MACs and BOPs depend on the input: pass --input-shape (e.g. 3x32x32 or 1x40) to count them"
     if with_latency:
         runtime = load_checkpoint(checkpoint)[0] if checkpoint is not None else net
         result["latency_ms"] = latency(runtime, input_shape)
@@ -108,34 +141,15 @@ def model_info(*, checkpoint: Path | None = None, model: str | None = None, num_
     return result
 
 
-def _logits(checkpoint: Path, data, split: str):
-    from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.train import evaluate_logits
-
-    model, cfg = load_checkpoint(checkpoint)
-    m = cfg["model"]
-    if m["num_classes"] != data.num_classes or m["in_channels"] != data.in_channels:
-        raise UserError(f"{checkpoint} was built for {m['in_channels']} input channels and {m['num_classes']} "
-                        f"classes; dataset {data.name} has {data.in_channels} and {data.num_classes}")
-    x, _ = data.split(split)
-    try:
-        return evaluate_logits(model, x)
-    except RuntimeError as e:
-        raise UserError(f"{checkpoint} cannot run on {data.name} inputs of shape {tuple(x.shape[1:])}: "
-                        f"{str(e).splitlines()[0]}") from None
-
-
 def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fraction: float = 0.1) -> dict:
     """Accuracy and mean cross-entropy of a checkpoint on every non-empty split."""
-    from compresslab.study.steps import dataset
-
     ds = dataset(data, val_fraction, seed)
     splits = {}
     for split in ("train", "val", "test"):
         y = ds.split(split)[1]
         if len(y) == 0:
             continue
-        logits = _logits(checkpoint, ds, split)
+        logits = checkpoint_logits(checkpoint, ds, split)
         splits[split] = {"accuracy": float((logits.argmax(1) == y).float().mean()),
                          "loss": float(torch.nn.functional.cross_entropy(logits, y)), "n": len(y)}
     return {"checkpoint": str(checkpoint), "data": data, "splits": splits}
@@ -144,20 +158,15 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fract
 def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", seed: int = 0,
                         val_fraction: float = 0.1) -> dict:
     """Every output metric of ``b`` against ``a`` on one split (keys of ``compare_logits``)."""
-    from compresslab.measure import compare_logits
-    from compresslab.study.steps import dataset
 
     ds = dataset(data, val_fraction, seed)
     y = ds.split(split)[1]
-    return compare_logits(_logits(a, ds, split), _logits(b, ds, split), labels=y)
+    return compare_logits(checkpoint_logits(a, ds, split), checkpoint_logits(b, ds, split), labels=y)
 
 
-def _content_hash(checkpoint: Path) -> str:
-    """SHA-256 of a checkpoint's model.json + model.safetensors (what a child step depends on)."""
-    import hashlib
-
-    from compresslab.runs.checkpoint import read_model_json
-
+def _checkpoint_step(checkpoint: Path) -> Step:
+    """A checkpoint on disk as a parent step: named by the SHA-256 of its model.json +
+    model.safetensors (what a child step depends on)."""
     read_model_json(checkpoint)  # a clear error for a missing or foreign directory
     h = hashlib.sha256()
     for name in ("model.json", "model.safetensors"):
@@ -165,13 +174,11 @@ def _content_hash(checkpoint: Path) -> str:
         if not path.is_file():
             raise UserError(f"{path}: file not found; the checkpoint is incomplete")
         h.update(path.read_bytes())
-    return h.hexdigest()
+    return Step("checkpoint", {"sha256": h.hexdigest()}, label=str(checkpoint))
 
 
 def _parent_recipe(checkpoint: Path):
     """The recipe compresslab trained ``checkpoint`` with (from the store's spec.json), else the default."""
-    from compresslab.runs.store import read_json
-    from compresslab.train import Recipe
 
     spec_file = Path(checkpoint) / "spec.json"
     base = read_json(spec_file)["spec"].get("recipe") if spec_file.is_file() else None
@@ -192,10 +199,6 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
     unstructured only). The fine-tuning recipe is the parent's own (when compresslab
     trained it) for ``finetune_epochs`` epochs at a tenth of its lr, or ``lr`` if given.
     """
-    from compresslab.compress.prune import METHODS
-    from compresslab.runs.store import RunStore, Step, read_json
-    from compresslab.study.steps import RUNNERS, check_step, dataset
-    from compresslab.train import Recipe
 
     checkpoint = Path(checkpoint)
     if method not in (*METHODS, "channel"):
@@ -206,24 +209,17 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
         raise UserError(f"--amount {amount}: must be a fraction in (0, 1), e.g. 0.5")
     if finetune_epochs < 0:
         raise UserError(f"--finetune-epochs {finetune_epochs}: must be >= 0")
-    parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
     ds = dataset(data, val_fraction, seed)
-    _logits(checkpoint, ds, "val" if ds.sizes()["val"] else "test")  # the checkpoint must fit the data
+    checkpoint_logits(checkpoint, ds, "val" if ds.sizes()["val"] else "test")  # the checkpoint must fit the data
     recipe = _parent_recipe(checkpoint)
-    ft = {**recipe.model_dump(), "epochs": finetune_epochs, "lr": lr or recipe.lr / 10, "warmup_epochs": 0}
-    step = Step("prune", {"data": {"name": data, "val_fraction": val_fraction, "seed": seed}, "amount": amount,
-                          "method": method, "scope": scope,
-                          **({"importance": importance, "global_channels": global_channels}
-                             if method == "channel" else {}), "recipe": Recipe.from_dict(ft).model_dump(),
-                          "seed": seed}, parents={"parent": parent}, label=f"prune {checkpoint.name}")
-    check_step(step, {"parent": checkpoint})  # before the store is touched: a rejected step writes nothing
-    with (progress.task(f"prune {checkpoint.name}") if progress else nullcontext(None)) as callback:
-        out, ran = RunStore(runs).run(step, lambda d: RUNNERS["prune"](step, d, {"parent": checkpoint}, callback))
+    ft = finetune_recipe(recipe, epochs=finetune_epochs, lr=lr or recipe.lr / 10, validated=True)
+    step = Step("prune", prune_spec(data_spec(data, val_fraction, seed), amount, ft, seed, method=method, scope=scope,
+                                    importance=importance, global_channels=global_channels),
+                parents={"parent": _checkpoint_step(checkpoint)}, label=f"prune {checkpoint.name}")
+    out, ran = _run(step, {"parent": checkpoint}, runs, progress, f"prune {checkpoint.name}")
     m = read_json(out / "metrics.json")
     result = {"checkpoint": str(out), "reused": not ran, "amount": m["amount"], "accuracy": m["accuracy"]}
     if method == "channel":
-        from compresslab.measure import latency
-        from compresslab.runs.checkpoint import load_checkpoint
 
         before, after = load_checkpoint(checkpoint)[0], load_checkpoint(out)[0]
         shape = tuple(ds.input_shape)
@@ -239,8 +235,6 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
 def checkpoint_prunability(checkpoint: Path, *, scope: str = "all", points: int = 101,
                            plot: Path | None = None) -> dict:
     """Data-free prunability of a checkpoint's weights (see ``measure.weights.prunability``)."""
-    from compresslab.measure.weights import plot_prunability, prunability
-    from compresslab.runs.checkpoint import load_checkpoint
 
     if points < 2:
         raise UserError(f"--points {points}: need at least 2 points on the curve")
@@ -271,46 +265,32 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
     ``overrides`` say otherwise. Returns the student's checkpoint, accuracy, and every
     output metric against the teacher on the test split.
     """
-    from compresslab.measure import compare_logits
-    from compresslab.runs.checkpoint import load_checkpoint, read_model_json
-    from compresslab.runs.store import RunStore, Step, read_json
-    from compresslab.study.steps import RUNNERS, build, check_step, dataset
-    from compresslab.train import Recipe
 
     checkpoint = Path(checkpoint)
     if teacher_kind not in TEACHER_KINDS_CLI:
         raise UserError(f"--teacher-kind {teacher_kind!r}: use one of {', '.join(TEACHER_KINDS_CLI)}")
-    parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
+    parent = _checkpoint_step(checkpoint)
     ds = dataset(data, val_fraction, seed)
-    _logits(checkpoint, ds, "test")  # the teacher must fit the data
-    build({"name": student, "options": options or {}}, ds, seed)  # validate before any work
+    checkpoint_logits(checkpoint, ds, "test")  # the teacher must fit the data
+    student_s = model_spec(student, options)
+    build(student_s, ds, seed)  # validate before any work
     if recipe_file is None:
         recipe = Recipe.from_dict({**_parent_recipe(checkpoint).model_dump(), **(overrides or {})})
     else:
-        recipe = _recipe(recipe_file, overrides or {})
-    spec = {"data": {"name": data, "val_fraction": val_fraction, "seed": seed},
-            "student": {"name": student, "options": options or {}}, "seed": seed, "temperature": temperature,
-            "recipe": recipe.model_dump(), "loss": dict(loss or {"kd": 0.9, "ce": 0.1})}
-    parents = {"teacher": parent}
+        recipe = load_recipe(recipe_file, overrides or {})
+    teacher = None
     if teacher_kind == "untrained":
         cfg = read_model_json(checkpoint)["model"]
-        spec["teacher"] = {"kind": "untrained", "seed": seed,
-                           "model": {"name": cfg["name"], "options": cfg.get("options", {})}}
-        parents = {}
+        teacher = {"kind": "untrained", "seed": seed, "model": model_spec(cfg["name"], cfg.get("options"))}
     elif teacher_kind != "teacher":
-        spec["teacher"] = {"kind": teacher_kind, "seed": seed, **(noise or {})}
-        parents = {}
-    for key, points in (("at_points", at_points), ("hint_points", hint_points)):
-        if points is not None:
-            spec[key] = points
-    step = Step("distill", spec, parents=parents, label=f"distill {student}")
-    check_step(step, {"teacher": checkpoint})
-    with (progress.task(f"distill {student} from {checkpoint.name}") if progress else nullcontext(None)) as cb:
-        out, ran = RunStore(runs).run(step, lambda d: RUNNERS["distill"](step, d, {"teacher": checkpoint}, cb))
+        teacher = {"kind": teacher_kind, "seed": seed, **(noise or {})}
+    spec = distill_spec(data_spec(data, val_fraction, seed), student_s, recipe, seed, temperature=temperature,
+                        loss=loss or {"kd": 0.9, "ce": 0.1}, teacher=teacher, at_points=at_points,
+                        hint_points=hint_points)
+    step = Step("distill", spec, parents={} if teacher else {"teacher": parent}, label=f"distill {student}")
+    out, ran = _run(step, {"teacher": checkpoint}, runs, progress, f"distill {student} from {checkpoint.name}")
     metrics = read_json(out / "metrics.json")
     x, y = ds.split("test")
-    from compresslab.train import evaluate_logits
-
     teacher_logits = evaluate_logits(load_checkpoint(checkpoint)[0], x)
     student_logits = evaluate_logits(load_checkpoint(out)[0], x)
     return {"checkpoint": str(out), "reused": not ran, "teacher_kind": teacher_kind, "loss": spec["loss"],
@@ -322,10 +302,6 @@ def substitute_checkpoint(checkpoint: Path, block: str, data: str, *, mode: str 
                           epochs: int | None = None, seed: int = 0, runs: str | Path = "runs", progress=None) -> dict:
     """Moonshine: the teacher's WRN with every 3x3 conv replaced by ``block``, trained with the
     teacher's recipe by ``mode`` (``scratch``, ``at`` or ``at+kd``)."""
-    from compresslab.measure import count_params
-    from compresslab.models.blocks import parse_block
-    from compresslab.runs.checkpoint import load_checkpoint, read_model_json
-    from compresslab.study.moonshine import KD, MODES, mode_loss
 
     if mode not in MODES:
         raise UserError(f"--loss {mode!r}: use one of {', '.join(MODES)}")
@@ -353,11 +329,6 @@ def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples:
     train the best with attention transfer from the teacher. ``validate`` > 0 trains that many
     candidates, spread over the score ranking, with CE and reports the Spearman correlation
     between Fisher potential and their test accuracy."""
-    import time
-
-    from compresslab.compress.search import search, write_csv
-    from compresslab.runs.checkpoint import read_model_json
-    from compresslab.study.steps import dataset
 
     cfg = read_model_json(checkpoint)["model"]
     name = cfg["name"]
@@ -371,8 +342,7 @@ def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples:
     ds = dataset(data, 0.1, seed)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(ds.x_train.shape[0], generator=g)[:batch]
-    bar = progress.task(f"blockswap: score {samples} candidates") if progress else nullcontext(None)
-    with bar as callback:
+    with _task(progress, f"blockswap: score {samples} candidates") as callback:
         if callback is not None:
             callback({"event": "start", "epochs": 1, "steps_per_epoch": samples, "total_steps": samples})
         tick = (lambda i, n: callback({"event": "step", "epoch": 1, "step": i, "loss": 0.0, "acc": 0.0,
@@ -414,7 +384,7 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
                         observer: str = "minmax", percentile: float = 99.99, calib_batches: int = 8,
                         calib_batch_size: int = 128, epochs: int = 3, lr: float | None = None, seed: int = 0,
                         val_fraction: float = 0.1, runs: str | Path = "runs", progress=None) -> dict:
-    """Quantise a checkpoint as a run-store step (see ``study.steps.run_quantize``).
+    """Quantise a checkpoint as a run-store step (see :mod:`compresslab.steps.quantize`).
 
     ``scheme``: ``ptq-dynamic`` / ``ptq-static`` (real int8 kernels, bits must be 8),
     ``fake`` (simulated ``bits`` for weights, ``act_bits`` for layer inputs; calibrated
@@ -423,33 +393,24 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
     child's checkpoint, accuracy, cost at its bit widths, every output metric against
     the parent on the test split, and the latency of parent and child measured side by side.
     """
-    from compresslab.measure import compare_logits, cost_report, latency
-    from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.runs.store import RunStore, Step, read_json
-    from compresslab.study.steps import RUNNERS, check_step, dataset, quantize_spec
-    from compresslab.train import Recipe
-
-    from compresslab.runs.checkpoint import read_model_json
 
     checkpoint = Path(checkpoint)
     if epochs < 0:
         raise UserError(f"--epochs {epochs}: must be >= 0")
-    parent = Step("checkpoint", {"sha256": _content_hash(checkpoint)}, label=str(checkpoint))
+    parent = _checkpoint_step(checkpoint)
     done = [t["kind"] for t in read_model_json(checkpoint)["transforms"]]
     if done:
         raise UserError(f"{checkpoint} is already quantised ({', '.join(done)}); quantise its float parent instead")
     ds = dataset(data, val_fraction, seed)
-    parent_logits = _logits(checkpoint, ds, "test")  # the checkpoint must fit the data
+    parent_logits = checkpoint_logits(checkpoint, ds, "test")  # the checkpoint must fit the data
     base = _parent_recipe(checkpoint)
-    ft = Recipe.from_dict({**base.model_dump(), "epochs": epochs, "lr": lr or base.lr / 10, "warmup_epochs": 0})
-    spec = quantize_spec({"name": data, "val_fraction": val_fraction, "seed": seed}, scheme, bits=bits,
-                         act_bits=act_bits, per_channel=per_channel, symmetric=symmetric, observer=observer,
-                         percentile=percentile, calib_batches=calib_batches, calib_batch_size=calib_batch_size,
-                         recipe=ft.model_dump() if scheme == "qat" else None, seed=seed)
+    ft = finetune_recipe(base, epochs=epochs, lr=lr or base.lr / 10, validated=True)
+    spec = quantize_spec(data_spec(data, val_fraction, seed), scheme, bits=bits, act_bits=act_bits,
+                         per_channel=per_channel, symmetric=symmetric, observer=observer, percentile=percentile,
+                         calib_batches=calib_batches, calib_batch_size=calib_batch_size,
+                         recipe=ft if scheme == "qat" else None, seed=seed)
     step = Step("quantize", spec, parents={"parent": parent}, label=f"quantize {checkpoint.name}")
-    check_step(step, {"parent": checkpoint})
-    with (progress.task(f"quantize {checkpoint.name} ({scheme})") if progress else nullcontext(None)) as callback:
-        out, ran = RunStore(runs).run(step, lambda d: RUNNERS["quantize"](step, d, {"parent": checkpoint}, callback))
+    out, ran = _run(step, {"parent": checkpoint}, runs, progress, f"quantize {checkpoint.name} ({scheme})")
     m = read_json(out / "metrics.json")
     shape = tuple(ds.input_shape)
     before, after = load_checkpoint(checkpoint)[0], load_checkpoint(out)[0]
@@ -458,6 +419,6 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
     return {"checkpoint": str(out), "reused": not ran, "scheme": scheme, "quantization": m["quantization"],
             "accuracy": m["accuracy"], "cost": m["cost"],
             "parent_cost": cost_report(load_checkpoint(checkpoint, apply_transforms=False)[0], shape),
-            "vs_parent": compare_logits(parent_logits, _logits(out, ds, "test"), labels=y),
+            "vs_parent": compare_logits(parent_logits, checkpoint_logits(out, ds, "test"), labels=y),
             "latency_ms": lat, "speedup": {k: lat["parent"][k] / lat["child"][k] for k in lat["parent"]},
             "simulated": scheme in ("fake", "qat"), "train_seconds": m.get("train_seconds")}

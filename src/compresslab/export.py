@@ -146,10 +146,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str, *, int
     """
     import shutil
 
-    from compresslab.api import _logits
     from compresslab.compress.quantize import calibration_batches
     from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.study.steps import dataset
+    from compresslab.steps import dataset
+    from compresslab.steps.common import checkpoint_logits
 
     _require_ort()
     checkpoint, out = Path(checkpoint), Path(out)
@@ -160,7 +160,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str, *, int
     if not out.parent.is_dir():
         raise UserError(f"--onnx {out}: directory {out.parent} does not exist")
     ds = dataset(data, val_fraction, seed)
-    reference = _logits(checkpoint, ds, "test").numpy()  # also checks the checkpoint fits the data
+    reference = checkpoint_logits(checkpoint, ds, "test").numpy()  # also checks the checkpoint fits the data
     x, y = (t.numpy() for t in ds.split("test"))
     float_model, cfg = load_checkpoint(checkpoint, apply_transforms=False)
     kinds = [t["kind"] for t in cfg["transforms"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compresslab.compress import distill  # noqa: F401  (registers the kd, at and hint loss terms)
 from compresslab.errors import UserError
 
 

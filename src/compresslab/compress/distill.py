@@ -1,4 +1,6 @@
-"""Knowledge distillation as named loss terms for ``fit``: ``kd``, ``at`` and ``hint``.
+"""Knowledge distillation: the ``kd``, ``at`` and ``hint`` loss terms, teacher signals, ``distill``.
+
+Importing this module registers three terms with :func:`compresslab.train.losses.register_term`:
 
 - ``kd`` (Hinton et al. 2015): T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), batchmean.
 - ``at`` (Zagoruyko & Komodakis 2017): at(f) = L2-normalised, flattened channel mean
@@ -7,12 +9,15 @@
 - ``hint`` (FitNets, Romero et al. 2015): a learned 1x1 regressor maps the student's
   feature to the teacher's channel count; the term is the mean squared error.
 
-Terms combine by name with weights, e.g. ``{"ce": 0.1, "kd": 0.9, "at": 1000}``.
+Terms combine by name with weights, e.g. ``{"ce": 0.1, "kd": 0.9, "at": 1000}``; a
+user-registered term may read the teacher the same way, through the
+:class:`TeacherSignal` its factory receives.
 
 A teacher is a trained or untrained network, or a fixed ``(N_train, K)`` logit tensor
-(a *noise teacher*, :func:`noise_logits`). Without augmentation the teacher's
-training-set logits and attention maps are computed once and read per example; with
-augmentation (or for hints) the teacher runs once per step, shared by all terms.
+(a *noise teacher*, :func:`noise_logits`). Terms tell the signal what they read when
+they are built; without augmentation the teacher's training-set logits and attention
+maps are then computed once and read per example; with augmentation (or for feature
+targets) the teacher runs once per step, shared by all terms.
 """
 from __future__ import annotations
 
@@ -27,11 +32,21 @@ from compresslab.data import Dataset
 from compresslab.errors import UserError
 from compresslab.models import capture_features, feature_points
 from compresslab.scratch import Scratch
-from compresslab.train import FitResult, Recipe, evaluate_logits, fit
+from compresslab.train import (
+    FitResult,
+    Loss,
+    Recipe,
+    compose_loss,
+    evaluate_logits,
+    fit,
+    get_term_factory,
+    register_term,
+    require_teacher,
+)
 
 NOISE_KINDS = ("uniform-noise", "gaussian-noise")
-#: The loss terms distillation adds to ``fit``'s (``ce``).
-DISTILL_TERMS = ("kd", "at", "hint")
+#: ``distill``'s loss when none is given: Hinton KD with α = 0.9.
+DEFAULT_LOSS = {"kd": 0.9, "ce": 0.1}
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, *,
@@ -79,23 +94,59 @@ def noise_logits(kind: str, n: int, num_classes: int, *, low: float = 0.0, high:
 
 
 class TeacherSignal:
-    """The teacher's outputs for the current training batch, for every distillation term.
+    """The teacher's outputs for the current training batch, for every term that reads them.
 
-    Fixed per-example tensors (cached logits, cached attention maps, noise logits) are
-    indexed by ``ctx.idx``; anything else comes from one no-grad forward of the teacher
-    per optimizer step (``ctx.global_step``), shared by all terms.
+    Terms declare what they read when they are built (:meth:`want_logits`,
+    :meth:`want_attention`, :meth:`want_features`); then :meth:`prepare`, called once
+    before training, settles how each is delivered. Fixed per-example tensors (cached
+    logits, cached attention maps, noise logits) are indexed by ``ctx.idx``; anything
+    else comes from one no-grad forward of the teacher per optimizer step
+    (``ctx.global_step``), shared by all terms.
     """
 
     def __init__(self, teacher: nn.Module | None = None, *, logits: torch.Tensor | None = None,
-                 maps: dict[str, torch.Tensor] | None = None, live_points: list[str] = ()):
+                 maps: dict[str, torch.Tensor] | None = None):
         if teacher is None and logits is None:
             raise ValueError("TeacherSignal needs a teacher module or fixed logits")
-        self.teacher = teacher.eval() if teacher is not None else None
+        self.teacher = teacher
         self.cached_logits = logits
-        self.cached_maps = maps or {}
-        self.live_points = list(live_points)
+        self.cached_maps = dict(maps or {})
+        self.live_points: list[str] = []
+        self._wants_logits = False
+        self._attention_points: list[str] = []
+        self._feature_points: list[str] = []
+        self._log_probs: dict[float, torch.Tensor] = {}
         self._step: int | None = None
         self._out: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+
+    def want_logits(self) -> None:
+        """A term reads :meth:`logits` or :meth:`log_probs` (cacheable)."""
+        self._wants_logits = True
+
+    def want_attention(self, points) -> None:
+        """A term reads :meth:`attention` at these teacher feature points (cacheable)."""
+        self._attention_points = list(dict.fromkeys([*self._attention_points, *points]))
+
+    def want_features(self, points) -> None:
+        """A term reads :meth:`feature` at these teacher feature points (always computed live)."""
+        self._feature_points = list(dict.fromkeys([*self._feature_points, *points]))
+
+    def prepare(self, x: torch.Tensor, scratch: Scratch, *, cache: bool) -> None:
+        """Settle delivery once every term is built, and put the teacher in eval mode. With
+        ``cache``, the wanted logits and attention maps of the teacher on every training
+        example ``x`` are computed now into RAM-backed arrays of ``scratch`` (which must
+        outlive training); the rest runs live."""
+        if self.teacher is None:
+            return
+        self.teacher.eval()
+        attention = [p for p in self._attention_points if p not in self.cached_maps]
+        if cache:
+            if self._wants_logits and self.cached_logits is None:
+                self.cached_logits = _in_scratch(scratch, "logits", evaluate_logits(self.teacher, x))
+            maps = teacher_attention_maps(self.teacher, x, attention) if attention else {}
+            self.cached_maps.update({p: _in_scratch(scratch, f"at{i}", m) for i, (p, m) in enumerate(maps.items())})
+            attention = []
+        self.live_points = list(dict.fromkeys([*attention, *self._feature_points]))
 
     def _forward(self, ctx) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.teacher is None:
@@ -107,17 +158,36 @@ class TeacherSignal:
         return self._out
 
     def logits(self, ctx) -> torch.Tensor:
+        """The teacher's float32 logits for the batch."""
         if self.cached_logits is not None:
             return self.cached_logits[ctx.idx]
         return self._forward(ctx)[0]
 
+    def log_probs(self, ctx, temperature: float) -> torch.Tensor:
+        """log_softmax(teacher logits / ``temperature``) for the batch; from fixed logits,
+        computed once for the whole training set."""
+        if self.cached_logits is None:
+            return F.log_softmax(self._forward(ctx)[0] / temperature, dim=1)
+        if temperature not in self._log_probs:
+            self._log_probs[temperature] = F.log_softmax(self.cached_logits.float() / temperature, dim=1)
+        return self._log_probs[temperature][ctx.idx]
+
     def attention(self, ctx, point: str) -> torch.Tensor:
+        """The teacher's :func:`attention_map` at ``point`` for the batch."""
         if point in self.cached_maps:
             return self.cached_maps[point][ctx.idx]
-        return attention_map(self._forward(ctx)[1][point])
+        return attention_map(self._live_feature(ctx, point))
 
     def feature(self, ctx, point: str) -> torch.Tensor:
-        return self._forward(ctx)[1][point].float()
+        """The teacher's float32 feature map at ``point`` for the batch."""
+        return self._live_feature(ctx, point).float()
+
+    def _live_feature(self, ctx, point: str) -> torch.Tensor:
+        feats = self._forward(ctx)[1]
+        if point not in feats:
+            raise ValueError(f"teacher feature point {point!r} was not asked for; a term reading it must "
+                             "call want_features (or want_attention) when it is built")
+        return feats[point]
 
 
 def _in_scratch(scratch, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -136,14 +206,11 @@ class KDTerm:
         if not temperature > 0:
             raise UserError(f"temperature must be > 0, got {temperature}")
         self.signal, self.temperature = signal, temperature
-        # fixed teacher logits: their tempered log-probabilities are computed once, not per step
-        fixed = signal.cached_logits
-        self.log_probs = None if fixed is None else F.log_softmax(fixed.float() / temperature, dim=1)
+        signal.want_logits()
 
     def __call__(self, ctx) -> torch.Tensor:
-        if self.log_probs is not None:
-            return kd_loss(ctx.logits, None, self.temperature, teacher_log_probs=self.log_probs[ctx.idx])
-        return kd_loss(ctx.logits, self.signal.logits(ctx), self.temperature)
+        return kd_loss(ctx.logits, None, self.temperature,
+                       teacher_log_probs=self.signal.log_probs(ctx, self.temperature))
 
 
 class ATTerm:
@@ -152,6 +219,7 @@ class ATTerm:
     def __init__(self, signal: TeacherSignal, pairs: dict[str, str]):
         self.signal, self.pairs = signal, dict(pairs)
         self.feature_points = list(self.pairs)
+        signal.want_attention(self.pairs.values())
 
     def __call__(self, ctx) -> torch.Tensor:
         return at_loss([attention_map(ctx.features[s]) for s in self.pairs],
@@ -169,6 +237,7 @@ class HintTerm:
     def __init__(self, signal: TeacherSignal, pairs: dict[str, str], regressors: nn.ModuleList):
         self.signal, self.pairs, self.regressors = signal, dict(pairs), regressors
         self.feature_points = list(self.pairs)
+        signal.want_features(self.pairs.values())
 
     def parameters(self):
         return self.regressors.parameters()
@@ -243,33 +312,70 @@ def teacher_attention_maps(teacher: nn.Module, x: torch.Tensor, points: list[str
     return {p: torch.cat(v) for p, v in maps.items()}
 
 
-def validate_distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, *,
-                     loss: dict[str, float], temperature: float = 4.0, at_points=None,
-                     hint_points=None) -> tuple[set[str], dict[str, str], dict[str, str]]:
-    """Everything :func:`distill` would reject about its inputs, checked without training
-    (cheap: feature shapes are probed on two training examples). Returns the distillation
-    terms wanted and the ``at`` and ``hint`` point pairs. Raises :class:`UserError`."""
-    unknown = sorted(set(loss) - {"ce", *DISTILL_TERMS})
-    if unknown:
-        raise UserError(f"loss: unknown term {unknown[0]!r}; available terms: {', '.join(sorted({'ce', *DISTILL_TERMS}))}")
-    wants = {name for name in DISTILL_TERMS if name in loss}
-    if "kd" in wants and not temperature > 0:
-        raise UserError(f"temperature must be > 0, got {temperature}")
+def _teacher_network(signal: TeacherSignal | None, name: str) -> nn.Module:
+    """The teacher network behind ``signal``; a :class:`UserError` if there is none."""
+    teacher = require_teacher(signal, name).teacher
+    if teacher is None:
+        raise UserError(f"a noise teacher has only logits: feature terms such as {name} need a teacher network; "
+                        "use kd and ce")
+    return teacher
+
+
+@register_term("kd")
+def _kd_term(signal: TeacherSignal | None, *, temperature: float = 4.0, **_) -> KDTerm:
+    return KDTerm(require_teacher(signal, "kd"), temperature)
+
+
+@register_term("at")
+def _at_term(signal: TeacherSignal | None, *, student: nn.Module | None = None, sample: torch.Tensor | None = None,
+             at_points=None, **_) -> ATTerm:
+    teacher = _teacher_network(signal, "at")
+    return ATTerm(signal, match_points(student, teacher, sample, at_points, term="at"))
+
+
+@register_term("hint")
+def _hint_term(signal: TeacherSignal | None, *, student: nn.Module | None = None,
+               sample: torch.Tensor | None = None, hint_points=None, seed: int = 0, **_) -> HintTerm:
+    teacher = _teacher_network(signal, "hint")
+    pairs = match_points(student, teacher, sample, hint_points, term="hint")
+    s_shape = probe_shapes(student, sample, list(pairs))
+    t_shape = probe_shapes(teacher, sample, list(dict.fromkeys(pairs.values())))
+    with torch.random.fork_rng(devices=[]):  # the regressors' initialisation depends on seed alone
+        torch.manual_seed(seed)
+        regressors = nn.ModuleList(_regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
+                                   for s, t in pairs.items())
+    return HintTerm(signal, pairs, regressors)
+
+
+def _teacher_signal(teacher: nn.Module | torch.Tensor, data: Dataset) -> TeacherSignal:
     n, k = data.x_train.shape[0], data.num_classes
     if n == 0:
         raise UserError(f"dataset {data.name} has no training examples to distil on")
-    if isinstance(teacher, torch.Tensor):
-        if tuple(teacher.shape) != (n, k):
-            raise UserError(f"fixed teacher logits must have shape ({n}, {k}) (one row per training example), "
-                            f"got {tuple(teacher.shape)}")
-        if wants - {"kd"}:
-            raise UserError(f"a noise teacher has only logits: the loss terms {', '.join(sorted(wants - {'kd'}))} "
-                            "need a teacher network; use kd and ce")
-        return wants, {}, {}
-    sample = data.x_train[:2]
-    at_pairs = match_points(student, teacher, sample, at_points, term="at") if "at" in wants else {}
-    hint_pairs = match_points(student, teacher, sample, hint_points, term="hint") if "hint" in wants else {}
-    return wants, at_pairs, hint_pairs
+    if not isinstance(teacher, torch.Tensor):
+        return TeacherSignal(teacher)
+    if tuple(teacher.shape) != (n, k):
+        raise UserError(f"fixed teacher logits must have shape ({n}, {k}) (one row per training example), "
+                        f"got {tuple(teacher.shape)}")
+    return TeacherSignal(logits=teacher.float())
+
+
+def _distill_loss(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, loss: dict[str, float],
+                  **cfg) -> tuple[TeacherSignal, Loss]:
+    """The teacher's signal (not prepared yet) and ``loss`` built on it from the registered terms."""
+    for name in loss:  # unknown names first, before any probing
+        get_term_factory(name)
+    signal = _teacher_signal(teacher, data)
+    return signal, compose_loss(loss, signal=signal, student=student, sample=data.x_train[:2], **cfg)
+
+
+def validate_distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, *,
+                     loss: dict[str, float], temperature: float = 4.0, at_points=None,
+                     hint_points=None) -> None:
+    """Everything :func:`distill` would reject about its inputs, checked without training:
+    the loss terms are built on the teacher (cheap: feature shapes are probed on two
+    training examples) but nothing is computed. Raises :class:`UserError`."""
+    _distill_loss(teacher, student, data, dict(loss or DEFAULT_LOSS), temperature=temperature,
+                  at_points=at_points, hint_points=hint_points)
 
 
 def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, recipe: Recipe, *,
@@ -280,47 +386,25 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
 
     ``teacher``: a network (trained or not), or fixed ``(N_train, K)`` logits (a noise
     teacher; only ``kd`` and ``ce`` apply). ``loss`` defaults to Hinton KD with α=0.9
-    (``{"kd": 0.9, "ce": 0.1}``). ``at_points`` / ``hint_points``: see
-    :func:`match_points`. ``cache_teacher`` (default: when ``recipe.augment`` is
-    ``none``) computes the teacher's training-set logits and attention maps once, so a
-    ``kd``/``at`` step costs about as much as a plain CE step; with augmentation the
-    teacher must see the augmented batch and runs every step. ``hint`` always runs the
-    teacher (its targets are whole feature maps).
+    (``{"kd": 0.9, "ce": 0.1}``); every term comes from the registry
+    (:func:`compresslab.train.losses.register_term`) and is built as
+    ``factory(signal, label_smoothing=, temperature=, at_points=, hint_points=, student=,
+    sample=, seed=)``, ``signal`` being the teacher's :class:`TeacherSignal` and ``sample``
+    two training examples. ``at_points`` / ``hint_points``: see :func:`match_points`.
+    ``cache_teacher`` (default: when ``recipe.augment`` is ``none``) computes the teacher's
+    training-set logits and attention maps once, so a ``kd``/``at`` step costs about as
+    much as a plain CE step; with augmentation the teacher must see the augmented batch
+    and runs every step. Feature terms such as ``hint`` always run the teacher (their
+    targets are whole feature maps).
     """
-    loss = dict(loss or {"kd": 0.9, "ce": 0.1})
-    wants, at_pairs, hint_pairs = validate_distill(teacher, student, data, loss=loss, temperature=temperature,
-                                                   at_points=at_points, hint_points=hint_points)
-    if isinstance(teacher, torch.Tensor):
-        signal = TeacherSignal(logits=teacher.float())
-        terms = {"kd": KDTerm(signal, temperature)} if "kd" in wants else {}
-        return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback, max_steps=max_steps,
-               weight_decay_scale=weight_decay_scale)
-
-    sample = data.x_train[:2]
-    live = list(dict.fromkeys(hint_pairs.values()))
-    if cache_teacher and recipe.augment != "none":
+    signal, loss_fn = _distill_loss(teacher, student, data, dict(loss or DEFAULT_LOSS),
+                                    label_smoothing=recipe.label_smoothing, temperature=temperature,
+                                    at_points=at_points, hint_points=hint_points, seed=seed)
+    if signal.teacher is not None and cache_teacher and recipe.augment != "none":
         raise UserError("cache_teacher needs augment: none (the teacher must see each augmented batch)")
     if cache_teacher is None:
         cache_teacher = recipe.augment == "none"
     with Scratch() as scratch:  # cached teacher outputs live in RAM-backed memmaps until training ends
-        if cache_teacher:
-            logits = _in_scratch(scratch, "logits", evaluate_logits(teacher, data.x_train)) if "kd" in wants else None
-            maps = teacher_attention_maps(teacher, data.x_train, list(dict.fromkeys(at_pairs.values())))
-            maps = {p: _in_scratch(scratch, f"at{i}", m) for i, (p, m) in enumerate(maps.items())}
-            signal = TeacherSignal(teacher, logits=logits, maps=maps, live_points=live)
-        else:
-            signal = TeacherSignal(teacher, live_points=list(dict.fromkeys([*at_pairs.values(), *live])))
-        terms: dict = {}
-        if "kd" in wants:
-            terms["kd"] = KDTerm(signal, temperature)
-        if at_pairs:
-            terms["at"] = ATTerm(signal, at_pairs)
-        if hint_pairs:
-            s_shape = probe_shapes(student, sample, list(hint_pairs))
-            t_shape = probe_shapes(teacher, sample, list(dict.fromkeys(hint_pairs.values())))
-            torch.manual_seed(seed)
-            regressors = nn.ModuleList(_regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
-                                       for s, t in hint_pairs.items())
-            terms["hint"] = HintTerm(signal, hint_pairs, regressors)
-        return fit(student, data, recipe, loss=loss, terms=terms, seed=seed, callback=callback,
-                   max_steps=max_steps, weight_decay_scale=weight_decay_scale)
+        signal.prepare(data.x_train, scratch, cache=cache_teacher)
+        return fit(student, data, recipe, loss=loss_fn, seed=seed, callback=callback, max_steps=max_steps,
+                   weight_decay_scale=weight_decay_scale)

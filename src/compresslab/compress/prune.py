@@ -76,7 +76,6 @@ def random_masks(params: dict[str, torch.Tensor], amount: float, seed: int = 0) 
     return _split(keep, params)
 
 
-@torch.no_grad()
 def sparsity_report(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict:
     """Sparsity of the masks: ``global`` (pruned / total over all masked tensors),
     ``per_tensor`` (name -> fraction pruned), and the counts ``pruned`` and ``total``."""

@@ -277,14 +277,15 @@ def _storage_bits(model: nn.Module, weight_bits: int, layer_bits: dict[str, tupl
 
 def cost_report(
     model: nn.Module,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | None,
     *,
     weight_bits: int = 32,
     act_bits: int = 32,
     layer_bits: dict[str, tuple[int, int]] | None = None,
     with_latency: bool = False,
 ) -> dict:
-    """All cost numbers in one dict with stable keys.
+    """All cost numbers in one dict with stable keys (``macs`` and ``bops`` are None when
+    ``input_shape`` is: they depend on it, the rest does not).
 
     ``params``, ``nonzero_params``, ``macs``, ``bops``, ``bytes`` (every parameter at
     ``weight_bits``, except the weights of layers in ``layer_bits`` at their own),
@@ -292,18 +293,18 @@ def cost_report(
     sparse encoding without its index overhead), ``bytes_fp32``, and with ``with_latency``
     also ``latency_ms`` (the dict from :func:`latency`).
     """
-    rows = layer_costs(model, input_shape, weight_bits=weight_bits,
-                       act_bits=act_bits, layer_bits=layer_bits)
+    rows = None if input_shape is None else layer_costs(model, input_shape, weight_bits=weight_bits,
+                                                         act_bits=act_bits, layer_bits=layer_bits)
     stored, nonzero = _storage_bits(model, weight_bits, layer_bits or {})
     report = {
         "params": count_params(model),
         "nonzero_params": count_nonzero(model),
-        "macs": sum(r["macs"] for r in rows),
-        "bops": float(sum(r["bops"] for r in rows)),
+        "macs": None if rows is None else sum(r["macs"] for r in rows),
+        "bops": None if rows is None else float(sum(r["bops"] for r in rows)),
         "bytes": math.ceil(stored / 8),
         "nonzero_bytes": math.ceil(nonzero / 8),
         "bytes_fp32": model_bytes_fp32(model),
     }
-    if with_latency:
+    if with_latency and input_shape is not None:
         report["latency_ms"] = latency(model, input_shape)
     return report

@@ -39,6 +39,7 @@ def prunable_parameters(model: nn.Module, *, scope: str = "all") -> dict[str, nn
     return out
 
 
+@torch.no_grad()
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero the pruned entries in place (call after every optimizer step)."""
     params = dict(model.named_parameters())

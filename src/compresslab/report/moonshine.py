@@ -48,7 +48,7 @@ def _row(r: dict) -> str:
 
 
 def write_moonshine_report(results: dict, path: str | Path) -> Path:
-    spec = results["spec"]
+    spec = results.get("moonshine_spec") or results["spec"]  # a linear-substitution study runs a Moonshine one
     rows = _row(results["teacher"]) + "".join(_row(r) for r in sorted(results["students"],
                                                                         key=lambda r: r["cost"]["params"]))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in results["data"]["notes"]) or "<li>none</li>"

@@ -1,5 +1,23 @@
-"""Studies: declarative specs expanded into a DAG of steps run through the run store."""
-from compresslab.study.runner import expand, run_study
-from compresslab.study.spec import StudySpec, load_spec, parse_spec
+"""Studies: declarative specs of a registered kind, expanded into steps and run by one template.
 
-__all__ = ["StudySpec", "expand", "load_spec", "parse_spec", "run_study"]
+>>> spec = load_spec("my-study.yaml")          # any kind: the spec's ``kind`` picks it
+>>> results, out = run_kind(spec, "runs")      # resumable; writes results.json + report.html
+
+Kinds: the plain study (no ``kind``), ``kurtosis``, ``kd-functional``, ``moonshine``,
+``linear-substitution`` and ``compression-functional``; add one with
+:func:`register_study_kind` (see :mod:`compresslab.study.kinds`).
+"""
+from compresslab.study.kinds import Entry, list_study_kinds, register_study_kind, run_kind, study_kind
+from compresslab.study.spec import load_spec, parse_spec
+from compresslab.study import (  # noqa: F401  (register the built-in kinds)
+    compression_functional,
+    kd_functional,
+    kurtosis,
+    linear_substitution,
+    moonshine,
+    plain,
+)
+from compresslab.study.plain import StudySpec
+
+__all__ = ["Entry", "StudySpec", "list_study_kinds", "load_spec", "parse_spec", "register_study_kind", "run_kind",
+           "study_kind"]

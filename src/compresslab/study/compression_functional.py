@@ -25,18 +25,26 @@ independent baseline as a band).
 """
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compresslab.console import console, echo, short, table
 from compresslab.errors import UserError
+from compresslab.measure import compare_logits, latency, stats
+from compresslab.measure.cka import cache_features, cka_against_cached
+from compresslab.models import feature_points
+from compresslab.report.compression import plot_fidelity, write_cf_report
+from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, canonical_json, read_json
-from compresslab.study.spec import Child, ModelSpec, check_children, validate_spec
+from compresslab.scratch import Scratch
+from compresslab.steps import data_of
+from compresslab.study import plain
+from compresslab.study.kinds import Entry, register_study_kind
+from compresslab.study.spec import Child, ModelSpec, check_children
 from compresslab.train.recipe import Recipe, Seed
 
 OTHER_SEED = 1000  # the independent retrain of replicate s is trained at OTHER_SEED + s
@@ -79,10 +87,8 @@ class CompressionFunctionalSpec(BaseModel):
         return v
 
 
-def parse_cf_spec(raw: object, *, source: str = "compression-functional spec") -> CompressionFunctionalSpec:
-    spec = validate_spec(CompressionFunctionalSpec, raw, source)
+def _check(spec: CompressionFunctionalSpec, source: str) -> None:
     check_children(spec.children, source)
-    return spec
 
 
 def family(entry, children: dict) -> str:
@@ -93,33 +99,31 @@ def family(entry, children: dict) -> str:
     return {"distill": "distillation", "prune": "pruning", "quantize": "quantization"}.get(entry.method, entry.method)
 
 
-def replicates(spec: CompressionFunctionalSpec) -> dict[int, list]:
-    """``{seed: entries}``: each replicate is the plain study of its parent (``runner.expand``)."""
-    from compresslab.study.runner import expand
-    from compresslab.study.spec import Controls, StudySpec
-
+def replicates(spec: CompressionFunctionalSpec) -> dict[int, list[Entry]]:
+    """``{seed: entries}``: each replicate is the plain study of its parent (:func:`plain.expand`)."""
     out = {}
     for s in spec.seeds:
-        sub = StudySpec(name=spec.name, data=spec.data, val_fraction=spec.val_fraction, seed=s, parent=spec.parent,
-                        recipe=spec.recipe, children=spec.children, split=spec.split, latency=False,
-                        controls=Controls(seeds=[OTHER_SEED + s], student_from_scratch=spec.student_from_scratch))
-        entries = expand(sub, data_seed=spec.data_seed)
+        sub = plain.StudySpec(name=spec.name, data=spec.data, val_fraction=spec.val_fraction, seed=s,
+                              parent=spec.parent, recipe=spec.recipe, children=spec.children, split=spec.split,
+                              latency=False, controls=plain.Controls(seeds=[OTHER_SEED + s],
+                                                                     student_from_scratch=spec.student_from_scratch))
+        entries = plain.expand(sub, data_seed=spec.data_seed)
         for e in entries:
             if e.method == "independent":
                 e.name = "independent"
+            e.info["seed"] = s
         out[s] = entries
     return out
 
 
+def expand(spec: CompressionFunctionalSpec) -> list[Entry]:
+    """Every replicate's entries, renamed ``<model>@s<seed>`` (``info``: the model's own name)."""
+    return [Entry(f"{e.name}@s{s}", e.role, e.method, e.step, {**e.info, "model": e.name})
+            for s, entries in replicates(spec).items() for e in entries]
+
+
 def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, list], progress=None) -> list[dict]:
     """One row per (model, replicate): accuracy, cost, every metric against that replicate's parent."""
-    from compresslab.measure import compare_logits, latency
-    from compresslab.measure.cka import cache_features
-    from compresslab.models import feature_points
-    from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.scratch import Scratch
-    from compresslab.study.steps import data_of
-
     children = {c.name: c for c in spec.children}
     rows = []
     first = spec.seeds[0]
@@ -169,8 +173,6 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
 def _cka(parent_features: dict, model, x, points) -> dict[str, float | None]:
     """Unbiased linear CKA against the parent's cached activations per shared feature point;
     empty when the model exposes none (a torch int8 graph), None where a point's CKA is undefined."""
-    from compresslab.measure.cka import cka_against_cached
-
     try:
         res = cka_against_cached(parent_features, model, x, points=points)
     except UserError:
@@ -185,8 +187,6 @@ def _cka(parent_features: dict, model, x, points) -> dict[str, float | None]:
 def analyse(spec: CompressionFunctionalSpec, rows: list[dict]) -> dict:
     """Per-model summaries over replicates, the tests against the independent baseline,
     and one headline per family."""
-    from compresslab.measure import stats
-
     names = list(dict.fromkeys(r["name"] for r in rows))
     by_name = {n: [r for r in rows if r["name"] == n] for n in names}
 
@@ -254,26 +254,46 @@ def headline(tests: list[dict], metrics: list[str]) -> list[str]:
     return lines
 
 
-def run_cf_study(spec: CompressionFunctionalSpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
-    """Run (or resume) the study; write ``results.json``, ``report.html`` and ``fidelity.png``."""
-    from compresslab.report.compression import plot_fidelity, write_cf_report
-    from compresslab.study.runner import Entry, publish, run_steps
-    from compresslab.study.steps import data_of
-
-    t0 = time.perf_counter()
-    store = RunStore(runs)
-    reps = replicates(spec)
-    flat = [Entry(f"{e.name}@s{s}", e.role, e.method, e.step) for s, entries in reps.items() for e in entries]
-    ran = run_steps(flat, store, progress)
+def collect(spec: CompressionFunctionalSpec, entries: list[Entry], store: RunStore, progress=None) -> dict:
+    reps: dict[int, list[Entry]] = {}
+    for e in entries:
+        reps.setdefault(e.info["seed"], []).append(Entry(e.info["model"], e.role, e.method, e.step, e.info))
     rows = measure(spec, store, reps, progress)
-    data = data_of(reps[spec.seeds[0]][0].step.spec)
-    results = {
-        "study": spec.name, "kind": "compression-functional", "split": spec.split,
-        "data": {"name": data.name, "sizes": data.sizes(), "num_classes": data.num_classes,
-                 "input_shape": list(data.input_shape), "notes": data.notes},
-        "num_threads": torch.get_num_threads(),
-        "models": rows, **analyse(spec, rows),
-    }
-    out = publish(spec, store, results, ran, write_cf_report, t0)
-    plot_fidelity(results, out / "fidelity.png")
-    return results, out
+    return {"split": spec.split, "models": rows, **analyse(spec, rows)}
+
+
+def write_report(results: dict, path: Path) -> Path:
+    """``report.html``, and ``fidelity.png`` beside it."""
+    plot_fidelity(results, Path(path).with_name("fidelity.png"))
+    return write_cf_report(results, path)
+
+
+def print_results(results: dict, out: Path) -> None:
+    n = len(results["spec"]["seeds"])
+    t = table(f"study {results['study']}: every model against its parent, {results['split']} split, "
+              f"mean [95% CI] over {n} replicates",
+              ["model", "family", "ratio", "BOPs", "ms@256", "acc %", "agree %", "JS", "CKA", "agree vs indep."],
+              left=2)
+    sig = {}
+    for test in results["tests"]:
+        if test["metric"] == "agreement" and test["label_b"] == "independent":
+            sig[test["label_a"]] = "closer" if test["significant"] else ("farther" if test["diff"] < 0 else "n.s.")
+
+    def cell(s, pct=False, d=3):
+        if not s:
+            return "–"
+        k, d = (100, 1) if pct else (1, d)
+        return f"{k * s['mean']:.{d}f} [{k * s['ci_low']:.{d}f},{k * s['ci_high']:.{d}f}]"
+
+    for name, s in results["summaries"].items():
+        lat = (s["cost"].get("latency_ms") or {}).get("batch256")
+        t.add_row(name, s["family"], f"{s['compression_ratio']:.1f}", short(s["cost"]["bops"]),
+                  "–" if lat is None else f"{lat:.2f}", cell(s["accuracy"], True), cell(s["agreement"], True),
+                  cell(s["js_divergence"], d=4), cell(s["cka"], d=2), sig.get(name, ""))
+    console(200).print(t)
+    echo(*results["headline"], f"plot: {out / 'fidelity.png'}", f"report: {out / 'report.html'}",
+         f"results: {out / 'results.json'}")
+
+
+register_study_kind("compression-functional", spec=CompressionFunctionalSpec, expand=expand, collect=collect,
+                    report=write_report, print=print_results, check=_check)

@@ -31,7 +31,6 @@ Outputs: ``runs/studies/<name>-<hash12>/results.json`` and ``report.html``.
 """
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal, Union
@@ -39,9 +38,21 @@ from typing import Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compresslab.console import console, echo, table
 from compresslab.errors import UserError
+from compresslab.measure import stats
+from compresslab.measure.cka import cache_features, cka_against_cached
+from compresslab.measure.adversarial import transfer_rate
+from compresslab.measure.pairwise import pairwise_metrics
+from compresslab.models import feature_points
+from compresslab.report.kd import write_kd_report
+from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, read_json
-from compresslab.study.spec import ModelSpec, validate_spec
+from compresslab.scratch import Scratch
+from compresslab.steps import data_of
+from compresslab.steps.specs import data_spec, distill_spec, train_spec
+from compresslab.study.kinds import Entry, register_study_kind
+from compresslab.study.spec import ModelSpec
 from compresslab.train.recipe import Recipe, Seed
 
 CONDITIONS = ("teacher", "teacher-other-seed", "uniform-noise", "gaussian-noise", "untrained", "self",
@@ -135,45 +146,34 @@ class KDFunctionalSpec(BaseModel):
         return self
 
 
-def parse_kd_spec(raw: object, *, source: str = "kd-functional spec") -> KDFunctionalSpec:
-    return validate_spec(KDFunctionalSpec, raw, source)
-
-
 # -- steps ------------------------------------------------------------------------------------
 
 
-def expand_kd(spec: KDFunctionalSpec) -> tuple[Step, list[dict], list[dict]]:
-    """``(reference teacher step, students, other teachers)``.
-
-    Each student is ``{"condition", "seed", "name", "step"}``; other teachers (the
-    retrained teachers of ``teacher-other-seed`` and the ``self`` teacher) are
-    ``{"name", "seed", "step"}`` and run before the students. Step specs follow
-    :func:`compresslab.study.runner.expand`, so shared models hash to the same directories.
-    """
-    data = {"name": spec.data, "val_fraction": spec.val_fraction, "seed": spec.seed}
+def expand_kd(spec: KDFunctionalSpec) -> list[Entry]:
+    """The reference teacher, the other teachers some conditions need (the retrained
+    teachers of ``teacher-other-seed``, the ``self`` teacher), then one student per
+    condition × seed (``info``: condition, seed). Step specs come from the shared
+    builders, so models shared with other studies hash to the same directories."""
+    data = data_spec(spec.data, spec.val_fraction, spec.seed)
     recipe = spec.recipe.model_dump()
     s_recipe = (spec.student_recipe or spec.recipe).model_dump()
     teacher_model, student_model = spec.teacher.model_dump(), spec.student.model_dump()
+    at_points = spec.at_points if "at" in spec.loss else None
 
     def train(model: dict, rec: dict, seed: int, label: str) -> Step:
-        return Step("train", {"data": data, "model": model, "recipe": rec, "seed": seed}, label=label)
+        return Step("train", train_spec(data, model, rec, seed), label=label)
+
+    def distill(seed: int, label: str, parent: Step | None, teacher: dict | None = None) -> Step:
+        return Step("distill", distill_spec(data, student_model, s_recipe, seed, loss=spec.loss, teacher=teacher,
+                                            temperature=spec.temperature, at_points=at_points),
+                    parents={"teacher": parent} if parent else {}, label=label)
 
     reference = train(teacher_model, recipe, spec.seed, "teacher")
-    others: list[dict] = []
+    entries = [Entry("teacher", "parent", "train", reference)]
     self_teacher = None
     if "self" in spec.conditions:
         self_teacher = train(student_model, s_recipe, spec.seed, "self-teacher")
-        others.append({"name": "self-teacher", "seed": spec.seed, "step": self_teacher})
-
-    def distill(seed: int, label: str, parent: Step | None, teacher: dict | None = None) -> Step:
-        s = {"data": data, "student": student_model, "seed": seed, "temperature": spec.temperature,
-             "recipe": s_recipe, "loss": dict(spec.loss)}
-        if teacher is not None:
-            s["teacher"] = teacher
-        if spec.at_points is not None and "at" in spec.loss:
-            s["at_points"] = spec.at_points
-        return Step("distill", s, parents={"teacher": parent} if parent else {}, label=label)
-
+        entries.append(Entry("self-teacher", "control", "train", self_teacher, {"seed": spec.seed}))
     students = []
     for cond in spec.conditions:
         for seed in spec.seeds:
@@ -182,7 +182,7 @@ def expand_kd(spec: KDFunctionalSpec) -> tuple[Step, list[dict], list[dict]]:
                 step = distill(seed, label, reference)
             elif cond == "teacher-other-seed":
                 other = train(teacher_model, recipe, OTHER_SEED + seed, f"teacher-seed{OTHER_SEED + seed}")
-                others.append({"name": other.label, "seed": OTHER_SEED + seed, "step": other})
+                entries.append(Entry(other.label, "control", "train", other, {"seed": OTHER_SEED + seed}))
                 step = distill(seed, label, other)
             elif cond == "uniform-noise":
                 step = distill(seed, label, None, {"kind": cond, "low": spec.noise.low, "high": spec.noise.high,
@@ -196,36 +196,31 @@ def expand_kd(spec: KDFunctionalSpec) -> tuple[Step, list[dict], list[dict]]:
                 step = distill(seed, label, self_teacher)
             else:  # independent
                 step = train(student_model, s_recipe, seed, label)
-            students.append({"condition": cond, "seed": seed, "name": label, "step": step})
-    return reference, others, students
+            students.append(Entry(label, "child" if cond == "teacher" else "control", step.kind, step,
+                                  {"condition": cond, "seed": seed}))
+    return entries + students
 
 
 # -- measurement ------------------------------------------------------------------------------
 
 
-def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, others: list[dict],
-                     students: list[dict], progress=None) -> tuple[dict, list[dict], dict]:
+def measure_students(spec: KDFunctionalSpec, store: RunStore, entries: list[Entry],
+                     progress=None) -> tuple[dict, list[dict], dict]:
     """The teacher's row, per-model rows (accuracy + every similarity to the reference
     teacher) and the pairwise output-metric matrices over [teacher, other teachers, students].
 
     The teacher's activations for CKA are computed once, kept as memory-mapped arrays in a
     RAM-backed :class:`Scratch` until the measurement ends, and compared with every model's."""
-    from compresslab.measure.cka import cache_features, cka_against_cached
-    from compresslab.measure.pairwise import pairwise_metrics
-    from compresslab.models import feature_points
-    from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.scratch import Scratch
-    from compresslab.study.steps import data_of
-
+    reference = entries[0].step
     data = data_of(reference.spec)
     x, y = data.split(spec.split)
     if len(y) < 4:
         raise UserError(f"the {spec.split} split has {len(y)} examples; CKA and the statistics need more "
                         "(use split: test or a larger val_fraction)")
     teacher, _ = load_checkpoint(store.path(reference))
-    models = [{"name": "teacher", "role": "reference", "step": reference},
-              *({"name": o["name"], "role": "other-teacher", "step": o["step"]} for o in others),
-              *({**s, "role": "student"} for s in students)]
+    models = [{"name": e.name, "step": e.step, "condition": e.info.get("condition"),
+               "role": "reference" if i == 0 else "student" if "condition" in e.info else "other-teacher"}
+              for i, e in enumerate(entries)]
     logits = np.stack([np.load(store.path(m["step"]) / f"logits_{spec.split}.npy") for m in models])
     matrices = pairwise_metrics(logits)
     rows = []
@@ -252,8 +247,6 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
             loaded[m["name"]] = model
             rows.append(row)
         if spec.adversarial is not None:
-            from compresslab.measure.adversarial import transfer_rate
-
             a = spec.adversarial
             rates = transfer_rate(teacher, loaded, x, y, attack=a.attack, eps=a.eps, steps=a.steps, seed=spec.seed)
             for row in rows:
@@ -270,8 +263,6 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, reference: Step, o
 def analyse(spec: KDFunctionalSpec, rows: list[dict], pairwise: dict) -> dict:
     """Summaries per condition, the tests of ``teacher`` against each other condition, the
     accuracy effects against ``independent``, and each condition's seed-to-seed agreement."""
-    from compresslab.measure import stats
-
     students = [r for r in rows if r["role"] == "student"]
     by_cond = {c: [r for r in students if r["condition"] == c] for c in spec.conditions}
     reported = ["accuracy", *[m for m in METRICS if not (m == "adversarial_transfer" and spec.adversarial is None)]]
@@ -362,27 +353,37 @@ def headline(tests: list[dict], alpha: float) -> list[str]:
     return lines
 
 
-def run_kd_study(spec: KDFunctionalSpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
-    """Run (or resume) the study; write ``results.json`` and ``report.html``."""
-    from compresslab.report.kd import write_kd_report
-    from compresslab.study.runner import Entry, publish, run_steps
-    from compresslab.study.steps import data_of
+def collect(spec: KDFunctionalSpec, entries: list[Entry], store: RunStore, progress=None) -> dict:
+    teacher_row, rows, pairwise = measure_students(spec, store, entries, progress)
+    return {"split": spec.split, "teacher": teacher_row, "models": rows, "pairwise": pairwise,
+            **analyse(spec, rows, pairwise)}
 
-    t0 = time.perf_counter()
-    store = RunStore(runs)
-    reference, others, students = expand_kd(spec)
-    entries = [Entry("teacher", "parent", "train", reference),
-               *(Entry(o["name"], "control", "train", o["step"]) for o in others),
-               *(Entry(s["name"], "child" if s["condition"] == "teacher" else "control", s["step"].kind, s["step"])
-                 for s in students)]
-    ran = run_steps(entries, store, progress)
-    teacher_row, rows, pairwise = measure_students(spec, store, reference, others, students, progress)
-    data = data_of(reference.spec)
-    results = {
-        "study": spec.name, "kind": "kd-functional", "split": spec.split,
-        "data": {"name": data.name, "sizes": data.sizes(), "num_classes": data.num_classes,
-                 "input_shape": list(data.input_shape), "notes": data.notes},
-        "teacher": teacher_row, "models": rows, "pairwise": pairwise,
-        **analyse(spec, rows, pairwise),
-    }
-    return results, publish(spec, store, results, ran, write_kd_report, t0)
+
+def print_results(results: dict, out: Path) -> None:
+    tested = results["spec"]["metrics"]
+    short = {"js_divergence": "JS", "activation_distance": "act.dist", "adversarial_transfer": "adv.transfer %",
+             "agreement": "agree %", "output_cosine": "cos", "cka_biased": "cka(biased)"}
+    t = table(f"study {results['study']}: students vs the teacher, {results['split']} split, "
+              f"mean [95% CI] over {len(results['spec']['seeds'])} seeds",
+              ["condition", "acc %", *[short.get(m, m) for m in tested]])
+
+    def cell(s, pct=False):
+        if not s:
+            return "–"
+        k, d = (100, 1) if pct else (1, 3)
+        return f"{k * s['mean']:.{d}f} [{k * s['ci_low']:.{d}f},{k * s['ci_high']:.{d}f}]"
+
+    groups = {**results["summaries"], **{f"({k})": v for k, v in results["reference_groups"].items()}}
+    for name, summ in groups.items():
+        t.add_row(name, cell(summ["accuracy"], True),
+                  *[cell(summ.get(m), m in ("agreement", "adversarial_transfer")) for m in tested])
+    console(200).print(t)
+    echo(f"teacher accuracy: {100 * results['teacher']['accuracy']:.2f}%", *results["headline"])
+    for c, f in results["accuracy_effects"].items():
+        echo(f"accuracy, {c} vs independent: {100 * f['diff']:+.2f} points "
+             f"[{100 * f['ci_low']:+.2f}, {100 * f['ci_high']:+.2f}], p={f['p']:.3g}")
+    echo(f"report: {out / 'report.html'}", f"results: {out / 'results.json'}")
+
+
+register_study_kind("kd-functional", spec=KDFunctionalSpec, expand=expand_kd, collect=collect,
+                    report=write_kd_report, print=print_results)

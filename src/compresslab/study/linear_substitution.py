@@ -11,13 +11,16 @@ params, MACs, latency, error and agreement, and marks the Pareto frontier.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from compresslab.errors import UserError
-from compresslab.study.spec import ModelSpec, validate_spec
+from compresslab.report.moonshine import write_moonshine_report
+from compresslab.runs.store import RunStore
+from compresslab.study import moonshine
+from compresslab.study.kinds import Entry, register_study_kind
+from compresslab.study.spec import ModelSpec
 from compresslab.train.recipe import Recipe, Seed
 
 
@@ -46,11 +49,9 @@ class LinearSubstitutionSpec(BaseModel):
     split: Literal["val", "test"] = "test"
 
 
-def parse_linear_spec(raw: object, *, source: str = "linear-substitution spec") -> LinearSubstitutionSpec:
-    spec = validate_spec(LinearSubstitutionSpec, raw, source)
+def _check(spec: LinearSubstitutionSpec, source: str) -> None:
     if not spec.teacher.name.startswith(("wrn-", "wrn1d-")):
         raise UserError(f"{source}: the teacher must be a Wide ResNet (wrn-D-K or wrn1d-D-K), got {spec.teacher.name!r}")
-    return spec
 
 
 def fitted_blocks(spec: LinearSubstitutionSpec) -> list[dict]:
@@ -93,22 +94,25 @@ def fitted_blocks(spec: LinearSubstitutionSpec) -> list[dict]:
     return out
 
 
-def run_linear_study(spec: LinearSubstitutionSpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
-    """Fit the substitutes to the budgets, then run them (and ``compare``) as a Moonshine study."""
-    from compresslab.study.moonshine import MoonshineSpec, run_moonshine_study
-
+def expand(spec: LinearSubstitutionSpec) -> list[Entry]:
+    """Fit the substitutes to the budgets; the Moonshine study of them and ``compare``.
+    The fitted blocks ride along in the teacher entry's ``info``."""
     fitted = fitted_blocks(spec)
     blocks = list(dict.fromkeys([*spec.compare, spec.base, *(f["block"] for f in fitted)]))
-    moon = MoonshineSpec(kind="moonshine", name=spec.name, data=spec.data, val_fraction=spec.val_fraction,
-                         seed=spec.seed, teacher=spec.teacher, recipe=spec.recipe, blocks=blocks, modes=spec.modes,
-                         beta=spec.beta, scale_substitute_wd=spec.scale_substitute_wd, latency=spec.latency,
-                         split=spec.split)
-    results, out = run_moonshine_study(moon, runs, progress=progress)
-    results["substitutes"] = fitted
-    results["linear_spec"] = spec.model_dump(mode="json")
-    from compresslab.report.moonshine import write_moonshine_report
-    from compresslab.runs.store import write_json
+    moon = moonshine.MoonshineSpec(kind="moonshine", name=spec.name, data=spec.data, val_fraction=spec.val_fraction,
+                                   seed=spec.seed, teacher=spec.teacher, recipe=spec.recipe, blocks=blocks,
+                                   modes=spec.modes, beta=spec.beta, scale_substitute_wd=spec.scale_substitute_wd,
+                                   latency=spec.latency, split=spec.split)
+    entries = moonshine.expand_moonshine(moon)
+    entries[0].info.update(substitutes=fitted, moonshine=moon)
+    return entries
 
-    write_json(out / "results.json", results)
-    write_moonshine_report(results, out / "report.html")
-    return results, out
+
+def collect(spec: LinearSubstitutionSpec, entries: list[Entry], store: RunStore, progress=None) -> dict:
+    info = entries[0].info
+    return {**moonshine.collect(info["moonshine"], entries, store, progress), "substitutes": info["substitutes"],
+            "moonshine_spec": info["moonshine"].model_dump(mode="json")}
+
+
+register_study_kind("linear-substitution", spec=LinearSubstitutionSpec, expand=expand, collect=collect,
+                    report=write_moonshine_report, print=moonshine.print_results, check=_check)

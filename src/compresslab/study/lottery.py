@@ -20,7 +20,7 @@ from compresslab.compress.lottery import imp, rewind
 from compresslab.errors import UserError
 from compresslab.figures import save_png
 from compresslab.runs.store import write_json
-from compresslab.study.steps import build, dataset
+from compresslab.steps import build, dataset
 from compresslab.train.recipe import Recipe
 
 VAL_FRACTION = 0.1

@@ -15,15 +15,22 @@ params against error with the Pareto frontier marked.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compresslab.console import console, echo, short, table
 from compresslab.errors import UserError
+from compresslab.measure import compare_logits, cost_report, latency
+from compresslab.report.moonshine import write_moonshine_report
+from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, read_json
-from compresslab.study.spec import ModelSpec, validate_spec
+from compresslab.steps import data_of
+from compresslab.steps.specs import data_spec, distill_spec, train_spec
+from compresslab.study.kinds import Entry, register_study_kind
+from compresslab.study.spec import ModelSpec
 from compresslab.train.recipe import Recipe, Seed
 
 MODES = ("scratch", "at", "at+kd")
@@ -81,10 +88,6 @@ class MoonshineSpec(BaseModel):
         return v
 
 
-def parse_moonshine_spec(raw: object, *, source: str = "moonshine spec") -> MoonshineSpec:
-    return validate_spec(MoonshineSpec, raw, source)
-
-
 def mode_loss(mode: str, beta: float, kd: KD) -> dict[str, float]:
     """The loss weights of a training mode."""
     if mode == "at":
@@ -94,31 +97,28 @@ def mode_loss(mode: str, beta: float, kd: KD) -> dict[str, float]:
     return {"ce": 1.0}
 
 
-def expand_moonshine(spec: MoonshineSpec) -> tuple[Step, list[dict]]:
-    """``(teacher train step, students)``; a student is ``{"name", "block", "mode", "step"}``."""
-    data = {"name": spec.data, "val_fraction": spec.val_fraction, "seed": spec.seed}
+def expand_moonshine(spec: MoonshineSpec) -> list[Entry]:
+    """The teacher's train step, then one student per block × mode (``info``: block, mode)."""
+    data = data_spec(spec.data, spec.val_fraction, spec.seed)
     recipe = spec.recipe.model_dump()
-    teacher_model = spec.teacher.model_dump()
-    teacher = Step("train", {"data": data, "model": teacher_model, "recipe": recipe, "seed": spec.seed},
-                   label="teacher")
-    students = []
+    teacher = Step("train", train_spec(data, spec.teacher.model_dump(), recipe, spec.seed), label="teacher")
+    entries = [Entry("teacher", "parent", "train", teacher, {"block": "Conv", "mode": "teacher"})]
     for block in spec.blocks:
         # the Conv student has exactly the teacher's spec: its scratch run is the teacher's step
         options = dict(spec.teacher.options) if block == "Conv" else {**spec.teacher.options, "block": block}
         model = {"name": spec.teacher.name, "options": options}
+        wd = spec.scale_substitute_wd and "+" in block  # only then: other steps keep their hashes
         for mode in spec.modes:
             name = f"{block}-{mode}"
             if mode == "scratch":
-                step = Step("train", {"data": data, "model": model, "recipe": recipe, "seed": spec.seed}, label=name)
+                step = Step("train", train_spec(data, model, recipe, spec.seed, scale_substitute_wd=wd), label=name)
             else:
-                step = Step("distill", {"data": data, "student": model, "seed": spec.seed,
-                                        "temperature": spec.kd.temperature, "recipe": recipe,
-                                        "loss": mode_loss(mode, spec.beta, spec.kd), "at_points": spec.at_points},
+                step = Step("distill", distill_spec(data, model, recipe, spec.seed, temperature=spec.kd.temperature,
+                                                    loss=mode_loss(mode, spec.beta, spec.kd),
+                                                    at_points=spec.at_points, scale_substitute_wd=wd),
                             parents={"teacher": teacher}, label=name)
-            if spec.scale_substitute_wd and "+" in block:  # only then: other steps keep their hashes
-                step = Step(step.kind, {**step.spec, "scale_substitute_wd": True}, parents=step.parents, label=name)
-            students.append({"name": name, "block": block, "mode": mode, "step": step})
-    return teacher, students
+            entries.append(Entry(name, "child", step.kind, step, {"block": block, "mode": mode}))
+    return entries
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -132,42 +132,41 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def run_moonshine_study(spec: MoonshineSpec, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
-    """Run (or resume) the study; write ``results.json`` and ``report.html``."""
-    import numpy as np
-
-    from compresslab.measure import compare_logits, cost_report, latency
-    from compresslab.report.moonshine import write_moonshine_report
-    from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.study.runner import Entry, publish, run_steps
-    from compresslab.study.steps import data_of
-
-    t0 = time.perf_counter()
-    store = RunStore(runs)
-    teacher, students = expand_moonshine(spec)
-    entries = [Entry("teacher", "parent", "train", teacher),
-               *(Entry(s["name"], "child", s["step"].kind, s["step"]) for s in students)]
-    ran = run_steps(entries, store, progress)
-    data = data_of(teacher.spec)
-    t_logits = np.load(store.path(teacher) / f"logits_{spec.split}.npy")
+def collect(spec: MoonshineSpec, entries: list[Entry], store: RunStore, progress=None) -> dict:
+    """Per model: params, MACs, bytes (recounted from the model), latency (side by side),
+    error and every output metric against the teacher; students on the Pareto front marked."""
+    data = data_of(entries[0].step.spec)
+    t_logits = np.load(store.path(entries[0].step) / f"logits_{spec.split}.npy")
     rows = []
-    for s in [{"name": "teacher", "block": "Conv", "mode": "teacher", "step": teacher}, *students]:
-        d = store.path(s["step"])
+    for e in entries:
+        d = store.path(e.step)
         metrics = read_json(d / "metrics.json")
         model = load_checkpoint(d)[0]
         cost = cost_report(model, data.input_shape)  # recounted: not the step's cached numbers
         if spec.latency:
             cost["latency_ms"] = latency(model, data.input_shape)
         acc = metrics["accuracy"][spec.split]
-        rows.append({"name": s["name"], "block": s["block"], "mode": s["mode"], "step": d.name,
+        rows.append({"name": e.name, "block": e.info["block"], "mode": e.info["mode"], "step": d.name,
                      "accuracy": acc, "error": 1.0 - acc, "cost": cost,
                      "function": compare_logits(t_logits, np.load(d / f"logits_{spec.split}.npy")),
                      "train_seconds": metrics.get("train_seconds")})
     front = pareto_front([(r["cost"]["params"], r["error"]) for r in rows[1:]])
     for i, r in enumerate(rows[1:]):
         r["pareto"] = i in front
-    results = {"study": spec.name, "kind": "moonshine", "split": spec.split,
-               "data": {"name": data.name, "sizes": data.sizes(), "input_shape": list(data.input_shape),
-                        "notes": data.notes},
-               "teacher": rows[0], "students": rows[1:]}
-    return results, publish(spec, store, results, ran, write_moonshine_report, t0)
+    return {"split": spec.split, "teacher": rows[0], "students": rows[1:]}
+
+
+def print_results(results: dict, out: Path) -> None:
+    t = table(f"study {results['study']}: cheap-convolution students, {results['split']} split",
+              ["block", "mode", "params", "MACs", "ms@256", "error %", "pareto", "agree %"], left=2)
+    for r in [results["teacher"], *sorted(results["students"], key=lambda r: r["cost"]["params"])]:
+        lat = (r["cost"].get("latency_ms") or {}).get("batch256")
+        t.add_row(r["block"], r["mode"], short(r["cost"]["params"]), short(r["cost"]["macs"]),
+                  "–" if lat is None else f"{lat:.2f}", f"{100 * r['error']:.2f}", "*" if r.get("pareto") else "",
+                  f"{100 * r['function']['agreement']:.2f}")
+    console().print(t)
+    echo(f"report: {out / 'report.html'}", f"results: {out / 'results.json'}")
+
+
+register_study_kind("moonshine", spec=MoonshineSpec, expand=expand_moonshine, collect=collect,
+                    report=write_moonshine_report, print=print_results)

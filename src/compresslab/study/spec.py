@@ -1,4 +1,5 @@
-"""Study specs: validated (pydantic) descriptions that expand into a DAG of steps."""
+"""Study specs: loading (file or preset), parsing by kind, and the parts several kinds share
+(model specs, and the children of a parent: distilled, pruned, quantised)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,21 +11,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from compresslab.errors import UserError
 from compresslab.train import Recipe
 from compresslab.compress.quantize import MAX_CALIB_BATCH, MAX_CALIB_BATCHES
-from compresslab.train.recipe import MAX_EPOCHS, Seed, validation_message
+from compresslab.train.recipe import MAX_EPOCHS, validation_message
 
 PRESETS = Path(__file__).parent / "presets"
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     name: str
     options: dict = Field(default_factory=dict)
 
 
-class DistillChild(_Strict):
+class DistillChild(Strict):
     method: Literal["distill"]
     name: str
     student: ModelSpec
@@ -33,7 +34,7 @@ class DistillChild(_Strict):
     recipe: Recipe | None = None  # default: the study recipe
 
 
-class PruneChild(_Strict):
+class PruneChild(Strict):
     method: Literal["prune"]
     name: str
     amount: Union[Annotated[float, Field(gt=0, lt=1)], Literal["p_star", "safe"]] = Field(
@@ -49,7 +50,7 @@ Bits = Annotated[int, Field(ge=2, le=16)]
 BitWidths = Union[Bits, dict[Literal["conv", "linear"], Bits]]
 
 
-class QuantizeChild(_Strict):
+class QuantizeChild(Strict):
     method: Literal["quantize"]
     name: str
     scheme: Literal["ptq-dynamic", "ptq-static", "fake", "qat"] = "ptq-dynamic"
@@ -75,24 +76,6 @@ class QuantizeChild(_Strict):
 
 
 Child = Annotated[Union[DistillChild, PruneChild, QuantizeChild], Field(discriminator="method")]
-
-
-class Controls(_Strict):
-    seeds: list[Seed] = Field(default_factory=lambda: [1, 2], description="parent retrained from these seeds")
-    student_from_scratch: bool = Field(True, description="train each KD student's architecture with CE only")
-
-
-class StudySpec(_Strict):
-    name: str = "study"
-    data: str = "mnist1d"
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: Seed = 0
-    parent: ModelSpec
-    recipe: Recipe = Field(default_factory=Recipe)
-    children: list[Child] = Field(default_factory=list)
-    controls: Controls = Field(default_factory=Controls)
-    latency: bool = True
-    split: Literal["val", "test"] = "test"
 
 
 def load_spec(path: str | Path | None = None, *, preset: str | None = None):
@@ -131,30 +114,20 @@ def validate_spec(cls, raw: object, source: str):
 
 
 def parse_spec(raw: object, *, source: str = "spec"):
-    """A :class:`StudySpec`, or the spec of another study kind (``kind: kurtosis``,
-    ``kd-functional``, ``moonshine``, ``linear-substitution`` or ``compression-functional``)."""
-    if isinstance(raw, dict) and raw.get("kind") == "kurtosis":
-        from compresslab.study.kurtosis import parse_kurtosis_spec
+    """The spec of the study kind that ``raw["kind"]`` names (no ``kind``: the plain study),
+    validated by its model and the kind's own check. Problems become one :class:`UserError` line."""
+    from compresslab.study.kinds import study_kind
 
-        return parse_kurtosis_spec(raw, source=source)
-    if isinstance(raw, dict) and raw.get("kind") == "kd-functional":
-        from compresslab.study.kd_functional import parse_kd_spec
-
-        return parse_kd_spec(raw, source=source)
-    if isinstance(raw, dict) and raw.get("kind") == "moonshine":
-        from compresslab.study.moonshine import parse_moonshine_spec
-
-        return parse_moonshine_spec(raw, source=source)
-    if isinstance(raw, dict) and raw.get("kind") == "linear-substitution":
-        from compresslab.study.linear_substitution import parse_linear_spec
-
-        return parse_linear_spec(raw, source=source)
-    if isinstance(raw, dict) and raw.get("kind") == "compression-functional":
-        from compresslab.study.compression_functional import parse_cf_spec
-
-        return parse_cf_spec(raw, source=source)
-    spec = validate_spec(StudySpec, raw, source)
-    check_children(spec.children, source)
+    name = raw.get("kind", "study") if isinstance(raw, dict) else "study"
+    if not isinstance(name, str):
+        raise UserError(f"{source}: kind must be a string, got {name!r}")
+    try:
+        kind = study_kind(name)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    spec = validate_spec(kind.spec, raw, source)
+    if kind.check is not None:
+        kind.check(spec, source)
     return spec
 
 

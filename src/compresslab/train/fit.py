@@ -19,7 +19,7 @@ from torch import nn
 
 from compresslab.data.core import Dataset, augment, batches
 from compresslab.errors import UserError
-from compresslab.train.losses import StepContext, Term, compose_loss
+from compresslab.train.losses import Loss, StepContext, Term, compose_loss
 from compresslab.train.recipe import Recipe
 
 
@@ -69,7 +69,7 @@ def fit(
     data: Dataset,
     recipe: Recipe,
     *,
-    loss: dict[str, float] | None = None,
+    loss: dict[str, float] | Loss | None = None,
     terms: dict[str, Term] | None = None,
     seed: int = 0,
     callback: Callable[[dict[str, Any]], None] | None = None,
@@ -80,8 +80,10 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place on ``data.x_train`` / ``data.y_train`` following ``recipe``.
 
-    - ``loss``: ``{term name: weight}`` (default ``{"ce": 1.0}``); ``terms`` supplies
-      extra named terms (see :func:`compresslab.train.losses.compose_loss`).
+    - ``loss``: ``{term name: weight}`` (default ``{"ce": 1.0}``), built from the registered
+      terms with the recipe's label smoothing and no teacher, ``terms`` supplying extra
+      ready ones (see :func:`compresslab.train.losses.compose_loss`); or a ready
+      :class:`~compresslab.train.losses.Loss` (as :func:`compresslab.compress.distill.distill` passes).
     - ``seed``: seeds torch's global RNG and a private generator for batch order and
       augmentation, so reruns from the same initial weights are bit-identical on CPU.
     - ``callback(event)``: receives ``start`` / ``step`` / ``epoch`` event dicts
@@ -109,7 +111,10 @@ def fit(
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = compose_loss(loss or {"ce": 1.0}, terms, label_smoothing=recipe.label_smoothing)
+    if isinstance(loss, Loss):
+        loss_fn = loss
+    else:
+        loss_fn = compose_loss(loss or {"ce": 1.0}, terms, label_smoothing=recipe.label_smoothing)
 
     x, y = data.x_train, data.y_train
     n = int(y.shape[0])

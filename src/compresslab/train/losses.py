@@ -1,16 +1,30 @@
-"""Training losses as a weighted sum of named terms.
+"""Training losses as a weighted sum of named terms, built from a registry of term factories.
 
 A *term* is any callable ``term(ctx: StepContext) -> scalar tensor``. A term that needs
 intermediate activations declares ``feature_points = ["layer.name", ...]``; ``fit`` then
 captures those during the forward pass and hands them over in ``ctx.features``
-(not detached; bf16 when the forward ran under autocast, so call ``.float()``).
-Compression methods (``kd``, ``at``, ``hint``) plug in as extra terms; the loop never
-changes.
+(not detached; bf16 when the forward ran under autocast, so call ``.float()``). A term
+with trainable state (e.g. a regressor) exposes it as ``parameters()``; ``fit`` trains it
+with the model's.
+
+Every term name resolves through one registry: :func:`register_term` maps a name to a
+*factory* ``factory(signal, **cfg) -> term``. ``signal`` is the teacher's signal
+(:class:`compresslab.compress.distill.TeacherSignal`; None when there is no teacher) and
+``cfg`` holds keyword settings shared by all terms (``label_smoothing``, ``temperature``,
+``student``, ``seed``, ...): each factory takes what it needs and ignores the rest.
+``ce`` is registered here; importing :mod:`compresslab.compress` registers ``kd``,
+``at`` and ``hint``. A user registers a term the same way::
+
+    @register_term("logit_l2")
+    def logit_l2(signal, **_):
+        return lambda ctx: ctx.logits.pow(2).mean()
+
+    fit(model, data, recipe, loss={"ce": 1.0, "logit_l2": 0.01})
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +54,50 @@ class StepContext:
 
 
 Term = Callable[[StepContext], torch.Tensor]
+#: ``factory(signal, **cfg) -> Term``; see the module docstring.
+TermFactory = Callable[..., Term]
+
+_TERMS: dict[str, TermFactory] = {}
+
+
+def register_term(name: str, factory: TermFactory | None = None, *, override: bool = False):
+    """Register ``factory`` as the loss term ``name``.
+
+    As a decorator, ``@register_term("name")``; as a call, ``register_term("name", factory)``.
+    Returns the factory (the decorator when ``factory`` is omitted). A name already
+    registered raises :class:`ValueError` unless ``override`` is true.
+    """
+
+    def add(f: TermFactory) -> TermFactory:
+        if name in _TERMS and not override:
+            raise ValueError(f"loss term {name!r} is already registered; pass override=True to replace it")
+        _TERMS[name] = f
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def list_terms() -> list[str]:
+    """Registered term names, sorted."""
+    return sorted(_TERMS)
+
+
+def get_term_factory(name: str) -> TermFactory:
+    """The factory registered as ``name``; :class:`UserError` listing the registered names if none."""
+    if name not in _TERMS:
+        raise _unknown_term(name, _TERMS)
+    return _TERMS[name]
+
+
+def _unknown_term(name: str, known) -> UserError:
+    return UserError(f"loss: unknown term {name!r}; available terms: {', '.join(sorted(known))}")
+
+
+def require_teacher(signal: Any, name: str) -> Any:
+    """``signal``, or a :class:`UserError` saying that the term ``name`` needs a teacher."""
+    if signal is None:
+        raise UserError(f"loss: the {name!r} term needs a teacher; train with distill")
+    return signal
 
 
 class CrossEntropy:
@@ -54,8 +112,9 @@ class CrossEntropy:
         return F.cross_entropy(ctx.logits, ctx.y, label_smoothing=self.label_smoothing)
 
 
-# name -> factory(label_smoothing=...) for terms that need no outside state
-BUILTIN_TERMS: dict[str, Callable[..., Term]] = {"ce": CrossEntropy}
+@register_term("ce")
+def _cross_entropy(signal: Any, *, label_smoothing: float = 0.0, **_: Any) -> CrossEntropy:
+    return CrossEntropy(label_smoothing)
 
 
 class Loss:
@@ -89,28 +148,23 @@ class Loss:
         return total, parts
 
 
-def compose_loss(weights: dict[str, float], extra_terms: dict[str, Term] | None = None, *,
-                 label_smoothing: float = 0.0) -> Loss:
-    """Build a :class:`Loss` from ``{term name: weight}``.
+def compose_loss(weights: dict[str, float], terms: dict[str, Term] | None = None, *, signal: Any = None,
+                 **cfg: Any) -> Loss:
+    """Build a :class:`Loss` from ``{term name: weight}``, terms in the order of ``weights``.
 
-    Names resolve first in ``extra_terms`` (ready callables), then in the built-ins
-    (:data:`BUILTIN_TERMS`); ``label_smoothing`` configures ``ce``.
+    A name found in ``terms`` (ready callables) is used as is; any other is built by its
+    registered factory as ``factory(signal, **cfg)``.
     """
-    extra = dict(extra_terms or {})
+    ready = dict(terms or {})
     if not weights:
         raise UserError("loss: no terms given; use e.g. {ce: 1.0}")
-    terms: dict[str, tuple[float, Term]] = {}
+    built: dict[str, tuple[float, Term]] = {}
     for name, weight in weights.items():
-        if name in extra:
-            term = extra[name]
-        elif name in BUILTIN_TERMS:
-            term = BUILTIN_TERMS[name](label_smoothing=label_smoothing)
-        else:
-            available = ", ".join(sorted(set(BUILTIN_TERMS) | set(extra)))
-            raise UserError(f"loss: unknown term {name!r}; available terms: {available}")
+        if name not in ready and name not in _TERMS:
+            raise _unknown_term(name, {*_TERMS, *ready})
         try:
             weight = float(weight)
         except (TypeError, ValueError):
             raise UserError(f"loss: weight of {name!r} must be a number, got {weight!r}") from None
-        terms[name] = (weight, term)
-    return Loss(terms)
+        built[name] = (weight, ready[name] if name in ready else _TERMS[name](signal, **cfg))
+    return Loss(built)

@@ -1,4 +1,4 @@
-"""Run a study's steps (a DAG: each step lists its parent steps) in dependency order.
+"""Run steps (a DAG: each step lists its parent steps) in dependency order.
 
 Executors:
 
@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from compresslab.errors import UserError
+from compresslab.steps.registry import run_step
 
 EXECUTORS = ("local", "ray")
 
@@ -67,8 +68,6 @@ def _run_step(step, store, threads: int | None, *parent_results, callback=None) 
     which is what makes it wait for them); ``callback`` receives the training events."""
     import torch
 
-    from compresslab.study.steps import RUNNERS
-
     bad = [r for r in parent_results if r[0] == "failed"]
     if bad:
         return "failed", f"skipped: a parent step failed ({bad[0][1]})"
@@ -76,7 +75,7 @@ def _run_step(step, store, threads: int | None, *parent_results, callback=None) 
         torch.set_num_threads(threads)
     parents = {role: store.path(p) for role, p in step.parents.items()}
     try:
-        _, ran = store.run(step, lambda out: RUNNERS[step.kind](step, out, parents, callback))
+        _, ran = run_step(step, store, parents, callback)
     except UserError as e:
         store.record_failure(step, e)
         return "failed", str(e)
@@ -84,7 +83,8 @@ def _run_step(step, store, threads: int | None, *parent_results, callback=None) 
 
 
 def execute(entries: list, store, progress=None, execution: Execution | None = None) -> tuple[dict, dict]:
-    """Run every entry's step; returns ``({name: ran}, {name: failure reason})``."""
+    """Run every entry's step; returns ``({name: ran}, {name: failure reason})``.
+    An entry is anything with a ``name`` and a ``step``, listed parents first."""
     ex = execution or current()
     order: dict[str, object] = {}  # step hash -> step, in dependency order (entries come parents first)
     for e in entries:

@@ -1,8 +1,8 @@
 """Data-parallel training of one train step (``compresslab train --nproc N``).
 
 :func:`launch` runs ``torchrun --standalone --nproc_per_node N -m
-compresslab.train.distributed PAYLOAD`` and waits. Every worker (:func:`main`) builds
-the dataset and the model from the step spec exactly as ``study.steps.run_train`` does
+compresslab.steps.distributed PAYLOAD`` and waits. Every worker (:func:`main`) builds
+the dataset and the model from the step spec exactly as the ``train`` step does
 (same seed on every rank), wraps the model in ``DistributedDataParallel`` (gloo on CPU)
 and runs ``fit(..., shard=(rank, world_size))``. Rank 0 alone writes into the run store:
 the checkpoint goes through ``RunStore.run`` like any train step. A ``UserError`` in a
@@ -29,7 +29,7 @@ from compresslab.errors import UserError
 
 HASH_ENV = "COMPRESSLAB_DDP_HASH_DIR"
 _EVENT = "@compresslab-event "
-_MODULE = "compresslab.train.distributed"
+_MODULE = "compresslab.steps.distributed"
 
 
 def threads_per_rank(nproc: int) -> int:
@@ -89,7 +89,7 @@ def _train(payload: dict, rank: int, world: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from compresslab.runs.store import RunStore, Step, write_json
-    from compresslab.study.steps import _history, _wd_scales, build, data_of, finish_model
+    from compresslab.steps.common import build, data_of, finish_model, history, wd_scales
     from compresslab.train import Recipe, fit
 
     step = Step("train", payload["spec"], label=payload["label"])
@@ -97,7 +97,7 @@ def _train(payload: dict, rank: int, world: int) -> None:
     data = data_of(s)
     model = build(s["model"], data, s["seed"])
     recipe = Recipe(**s["recipe"])
-    wd = _wd_scales(s, model)
+    wd = wd_scales(s, model)
     if recipe.precision == "fast" and data.x_train.dim() == 4:
         model.to(memory_format=torch.channels_last)  # before DDP builds its gradient buckets
     ddp = DistributedDataParallel(model)
@@ -109,13 +109,13 @@ def _train(payload: dict, rank: int, world: int) -> None:
     if os.environ.get(HASH_ENV):
         Path(os.environ[HASH_ENV], f"rank{rank}.sha256").write_text(_params_sha256(model) + "\n")
     if rank == 0:
-        out, ran = RunStore(payload["runs"]).run(step, lambda d: finish_model(d, model, data, extra=_history(result)))
+        out, ran = RunStore(payload["runs"]).run(step, lambda d: finish_model(d, model, data, extra=history(result)))
         write_json(Path(payload["result"]), {"checkpoint": str(out), "ran": ran})
     dist.barrier()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """A torchrun worker: ``python -m compresslab.train.distributed PAYLOAD.json``."""
+    """A torchrun worker: ``python -m compresslab.steps.distributed PAYLOAD.json``."""
     import torch.distributed as dist
 
     argv = sys.argv[1:] if argv is None else argv

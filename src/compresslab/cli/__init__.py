@@ -1,0 +1,33 @@
+"""The ``compresslab`` command line: a thin layer over the Python API (:mod:`compresslab.api`).
+
+Commands live by group in :mod:`~compresslab.cli.models` (train, info, evaluate,
+compare), :mod:`~compresslab.cli.compress` (prune, quantize, export, distill, substitute,
+blockswap, prunability, lottery) and :mod:`~compresslab.cli.study` (study, doctor).
+"""
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from compresslab.cli import models  # noqa: F401, I001  (registers its commands first: --help lists them in order)
+from compresslab.cli import compress, study  # noqa: F401
+from compresslab.cli.common import app
+from compresslab.errors import UserError
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors and exit code 2 for anything the user can fix."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        return getattr(e, "exit_code", 2)
+    except Exit as e:
+        return e.exit_code
+    except Abort:
+        typer.echo("error: aborted", err=True)
+        return 130
+    except TyperException as e:
+        msg = " ".join(e.format_message().split())
+        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+        typer.echo(f"error: {msg}{hint}", err=True)
+        return 2
+    return rv if isinstance(rv, int) else 0

@@ -1,0 +1,116 @@
+"""Typed builders of step specs: the one place each kind's spec is written.
+
+A step's directory is named by a hash of its spec, so equal work must build equal
+specs wherever it is asked for: a study's expansion and the Python API both call these.
+Each builder includes only the keys its settings use (a key that is absent means the
+default), so adding an option later does not change the hashes of existing steps.
+"""
+from __future__ import annotations
+
+from compresslab.errors import UserError
+from compresslab.train import Recipe
+
+QUANT_SCHEMES = ("ptq-dynamic", "ptq-static", "fake", "qat")
+
+
+def _recipe(recipe: Recipe | dict) -> dict:
+    return recipe.model_dump() if isinstance(recipe, Recipe) else dict(recipe)
+
+
+def data_spec(name: str, val_fraction: float = 0.1, seed: int = 0) -> dict:
+    """The dataset and the seed of its validation split."""
+    return {"name": name, "val_fraction": val_fraction, "seed": seed}
+
+
+def model_spec(name: str, options: dict | None = None) -> dict:
+    return {"name": name, "options": dict(options or {})}
+
+
+def finetune_recipe(recipe: Recipe | dict, *, epochs: int, lr: float, batch_size: int | None = None,
+                    validated: bool = False) -> dict:
+    """``recipe`` for fine-tuning a compressed child: ``epochs`` at ``lr``, no warm-up.
+
+    Always checked as a :class:`Recipe` (a bad value is a :class:`UserError`). Studies
+    store the fields as given and the command line the validated model's values (e.g.
+    ``warmup_epochs`` 0 vs 0.0): both forms are kept (``validated``) so that existing
+    step directories keep their hashes."""
+    out = {**_recipe(recipe), "epochs": epochs, "lr": lr, "warmup_epochs": 0}
+    if batch_size is not None:
+        out["batch_size"] = batch_size
+    checked = Recipe.from_dict(out, where="fine-tuning recipe").model_dump()
+    return checked if validated else out
+
+
+def train_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, nproc: int = 1,
+               scale_substitute_wd: bool = False) -> dict:
+    """Train ``model`` from scratch with cross-entropy (``nproc`` > 1: data-parallel)."""
+    spec = {"data": data, "model": model, "recipe": _recipe(recipe), "seed": seed}
+    if nproc > 1:
+        spec["nproc"] = nproc
+    if scale_substitute_wd:
+        spec["scale_substitute_wd"] = True
+    return spec
+
+
+def distill_spec(data: dict, student: dict, recipe: Recipe | dict, seed: int, *, loss: dict[str, float],
+                 temperature: float = 4.0, teacher: dict | None = None, at_points=None, hint_points=None,
+                 scale_substitute_wd: bool = False) -> dict:
+    """Train ``student`` with the weighted loss terms of ``loss``. The teacher is the step's
+    ``teacher`` parent, or ``teacher`` = ``{"kind": "untrained" | "uniform-noise" |
+    "gaussian-noise", ...}`` built inside the step."""
+    spec = {"data": data, "student": student, "seed": seed, "temperature": temperature,
+            "recipe": _recipe(recipe), "loss": dict(loss)}
+    for key, value in (("teacher", teacher), ("at_points", at_points), ("hint_points", hint_points)):
+        if value is not None:
+            spec[key] = value
+    if scale_substitute_wd:
+        spec["scale_substitute_wd"] = True
+    return spec
+
+
+def prune_spec(data: dict, amount: float | str, recipe: Recipe | dict, seed: int, *, method: str = "global-l1",
+               scope: str = "all", importance: str = "magnitude", global_channels: bool = False) -> dict:
+    """Prune the ``parent`` step, then fine-tune with ``recipe`` (see :func:`finetune_recipe`).
+    ``importance`` and ``global_channels`` belong to ``method: channel`` only."""
+    spec = {"data": data, "amount": amount, "method": method, "scope": scope, "recipe": _recipe(recipe),
+            "seed": seed}
+    if method == "channel":
+        spec.update(importance=importance, global_channels=global_channels)
+    return spec
+
+
+def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: int | dict | None = None,
+                  per_channel: bool = False, symmetric: bool = True, observer: str = "minmax",
+                  percentile: float = 99.99, calib_batches: int = 8, calib_batch_size: int = 128,
+                  recipe: Recipe | dict | None = None, seed: int = 0) -> dict:
+    """Quantise the ``parent`` step: only the keys ``scheme`` uses, so equal work hashes equally.
+    Raises :class:`UserError` for settings the scheme cannot honour."""
+    from compresslab.compress import quantize as q
+
+    if scheme not in QUANT_SCHEMES:
+        raise UserError(f"--scheme {scheme!r}: use one of {', '.join(QUANT_SCHEMES)}")
+    wbits, abits = q.per_type(bits, "--bits"), q.per_type(act_bits, "--act-bits")
+    if scheme.startswith("ptq-"):
+        if set(wbits.values()) != {8} or (abits and set(abits.values()) != {8}):
+            raise UserError(f"{scheme} runs real int8 kernels, so bits must be 8; use --scheme fake or qat "
+                            "for other widths")
+        if scheme == "ptq-dynamic":
+            return {"data": data, "scheme": scheme}
+    if observer not in q.OBSERVERS:
+        raise UserError(f"--observer {observer!r}: use {' or '.join(q.OBSERVERS)}")
+    if not (1 <= calib_batches <= q.MAX_CALIB_BATCHES and 1 <= calib_batch_size <= q.MAX_CALIB_BATCH):
+        raise UserError(f"--calib-batches {calib_batches} x --calib-batch-size {calib_batch_size}: use 1 to "
+                        f"{q.MAX_CALIB_BATCHES:,} batches of 1 to {q.MAX_CALIB_BATCH:,} examples")
+    if not 50 < percentile <= 100:
+        raise UserError(f"--percentile {percentile}: must be in (50, 100], e.g. 99.99")
+    spec = {"data": data, "scheme": scheme, "seed": seed,
+            "calibration": {"batches": calib_batches, "batch_size": calib_batch_size}}
+    if scheme == "ptq-static":
+        return spec
+    spec.update(bits=wbits, act_bits=abits, per_channel=per_channel, symmetric=symmetric, observer=observer,
+                percentile=percentile)
+    if scheme == "qat":
+        if recipe is None:
+            raise UserError("qat needs a fine-tuning recipe")
+        spec["recipe"] = _recipe(recipe)
+    return spec

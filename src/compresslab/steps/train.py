@@ -1,0 +1,19 @@
+"""The ``train`` step: a model trained from scratch (cross-entropy, or the spec's ``loss``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from compresslab.runs.store import Step
+from compresslab.steps.common import build, data_of, finish_model, history, wd_scales
+from compresslab.steps.registry import register_step
+from compresslab.train import Recipe, fit
+
+
+@register_step("train")
+def run_train(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
+    s = step.spec
+    data = data_of(s)
+    model = build(s["model"], data, s["seed"])
+    result = fit(model, data, Recipe(**s["recipe"]), loss=s.get("loss"), seed=s["seed"], callback=callback,
+                 weight_decay_scale=wd_scales(s, model))
+    finish_model(out, model, data, extra=history(result))
