@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/compresslab study --runs runs
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -209,9 +209,9 @@ def main() -> None:
             times, outs = {name: [] for name in names}, []
             for _ in range(rounds):
                 for name in names:
-                    a, b = sources[name]()
-                    t, out = timed(lambda: fn(a, b, args.batch))
-                    del a, b
+                    pair = sources[name]()
+                    t, out = timed(lambda pair=pair: fn(*pair, args.batch))
+                    del pair
                     times[name].append(t)
                     outs.append(out)
             return times, outs

@@ -221,7 +221,7 @@ def test_cka_between_two_models(models_and_x):
     a, b, x = models_and_x
     res = cka_between(a, b, x, batch_size=100)
     assert list(res) == ["stage1", "stage2", "stage3", "hidden"]
-    for name, r in res.items():
+    for r in res.values():
         assert r["n"] == 300
         assert -0.1 <= r["unbiased"] <= 1.0 and 0.0 <= r["biased"] <= 1.0
         assert r["cka"] == r["unbiased"]

@@ -8,8 +8,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from compresslab.compress.distill import KDTerm, TeacherSignal, kd_loss
-from compresslab.compress.prune import (apply_masks, prunable_parameters,
-                                        prune_global, sparsity_report)
+from compresslab.compress.prune import apply_masks, prunable_parameters, prune_global, sparsity_report
 from compresslab.compress.quantize import quantize_dynamic_int8
 from compresslab.errors import UserError
 

@@ -12,8 +12,8 @@ from compresslab.data.core import Dataset
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import Step
 from compresslab.steps import dataset
-from compresslab.train import Recipe, accuracy, fit
 from compresslab.steps.distributed import HASH_ENV
+from compresslab.train import Recipe, accuracy, fit
 
 TINY = ["--model", "cnn1d", "--data", "mnist1d", "--option", "width=8", "--option", "depth=2",
         "--option", "hidden=16", "--quiet", "--json"]

@@ -7,11 +7,11 @@ from compresslab.errors import UserError
 from compresslab.models.linear_subs import (
     ACDC,
     channel_shuffle,
+    compression_ratio,
     dct_matrix,
     fit_budget,
     make_pointwise,
     pointwise_params,
-    compression_ratio,
     weight_decay_scales,
 )
 

@@ -4,9 +4,19 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from compresslab.compress.prune import (METHODS, apply_masks, global_magnitude_masks, layer_magnitude_masks,
-                                        make_permanent, masks_from_zeros, prunable_parameters, prune,
-                                        prune_global, random_masks, sparsity_report)
+from compresslab.compress.prune import (
+    METHODS,
+    apply_masks,
+    global_magnitude_masks,
+    layer_magnitude_masks,
+    make_permanent,
+    masks_from_zeros,
+    prunable_parameters,
+    prune,
+    prune_global,
+    random_masks,
+    sparsity_report,
+)
 from compresslab.errors import UserError
 
 

@@ -21,8 +21,15 @@ from compresslab.runs.checkpoint import load_checkpoint, read_model_json
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.steps import build, check_step, dataset, run_step
 from compresslab.steps.common import checkpoint_logits
-from compresslab.steps.specs import data_spec, distill_spec, finetune_recipe, model_spec, prune_spec, quantize_spec, \
-    train_spec
+from compresslab.steps.specs import (
+    data_spec,
+    distill_spec,
+    finetune_recipe,
+    model_spec,
+    prune_spec,
+    quantize_spec,
+    train_spec,
+)
 from compresslab.study.moonshine import KD, MODES, mode_loss
 from compresslab.train import Recipe, evaluate_logits
 

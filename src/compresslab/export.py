@@ -95,8 +95,13 @@ def ort_latency(sess, input_shape, *, batch_sizes=(1, 256), warmup: int = 3, min
 def quantize_onnx(fp32: Path, out: Path, scheme: str, calibration: list[np.ndarray] | None = None) -> None:
     """ONNX Runtime int8: ``dynamic`` or ``static`` (QDQ, calibrated on ``calibration``)."""
     _require_ort()
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     if scheme == "dynamic":
         with _quiet_logging():

@@ -10,8 +10,9 @@ pipes stay clean.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -38,7 +39,7 @@ class RichProgress:
         self._label = "train"
         self._epochs = 0
 
-    def __enter__(self) -> "RichProgress":
+    def __enter__(self) -> RichProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -60,7 +61,7 @@ class RichProgress:
             self._progress = None
 
     @contextmanager
-    def task(self, label: str) -> Iterator["RichProgress"]:
+    def task(self, label: str) -> Iterator[RichProgress]:
         """Label the bar of whatever runs inside (a pulsing bar until ``fit`` starts)."""
         prev_label, prev_task = self._label, self._task
         self._label = label

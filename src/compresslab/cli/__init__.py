@@ -8,10 +8,14 @@ blockswap, prunability, lottery) and :mod:`~compresslab.cli.study` (study, docto
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from compresslab.cli import models  # noqa: F401, I001  (registers its commands first: --help lists them in order)
-from compresslab.cli import compress, study  # noqa: F401
+from compresslab.cli import (  # noqa: F401
+    compress,
+    models,  # noqa: F401, I001  (registers its commands first: --help lists them in order)
+    study,
+)
 from compresslab.cli.common import app
 from compresslab.errors import UserError
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for anything the user can fix."""

@@ -23,7 +23,6 @@ from compresslab.console import console, print_pairs, short
 from compresslab.errors import UserError
 
 
-
 @app.command()
 def prune(
     checkpoint: Path = typer.Argument(..., help="The parent checkpoint directory."),

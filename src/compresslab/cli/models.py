@@ -20,7 +20,6 @@ from compresslab.console import echo, num, print_pairs
 from compresslab.errors import UserError
 
 
-
 @app.command()
 def train(
     model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, or package.module:factory."),

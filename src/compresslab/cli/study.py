@@ -17,7 +17,6 @@ from compresslab.cli.common import (
 from compresslab.errors import StudyIncomplete
 
 
-
 @app.command()
 def study(
     spec: Optional[Path] = typer.Argument(None, help="Study spec (YAML); its `kind` picks the study kind. Without it: the default study on mnist1d."),

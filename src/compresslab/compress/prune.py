@@ -12,6 +12,7 @@ from torch import nn
 from compresslab.errors import UserError
 from compresslab.models.masks import PRUNABLE, apply_masks, prunable_parameters  # noqa: F401 (re-exported)
 
+
 def _check_amount(amount: float) -> None:
     if not 0.0 <= amount <= 1.0:
         raise UserError(f"pruning amount must be in [0, 1], got {amount}")

@@ -34,7 +34,6 @@ from compresslab.errors import UserError
 from compresslab.measure.cost import count_macs, count_params
 from compresslab.models.structure import apply_structure, structure_of  # noqa: F401 (re-exported)
 
-
 IMPORTANCES = ("magnitude", "taylor")
 
 

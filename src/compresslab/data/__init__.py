@@ -6,8 +6,8 @@ inputs standardised per channel with the train split's mean and std.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -1,8 +1,8 @@
 """In-memory datasets and tensor-indexed batching (no DataLoader on small data)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 

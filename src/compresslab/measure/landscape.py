@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresslab.models.masks import apply_masks
 from compresslab.data.core import Dataset
 from compresslab.errors import UserError
 from compresslab.figures import save_png
+from compresslab.models.masks import apply_masks
 from compresslab.train.fit import evaluate_logits, fit
 from compresslab.train.recipe import Recipe
 

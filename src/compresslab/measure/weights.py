@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from compresslab.models.masks import prunable_parameters
 from compresslab.errors import UserError
 from compresslab.figures import save_png
+from compresslab.models.masks import prunable_parameters
 
 #: Keys of the dict ``prunability`` returns (stable; add new keys at the end).
 PRUNABILITY_KEYS = (

@@ -7,8 +7,9 @@ never compute features in ``forward``: ``capture_features`` hooks them instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch.nn as nn
 

@@ -21,7 +21,8 @@ import inspect
 import json
 import re
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 from pydantic import TypeAdapter, ValidationError

@@ -9,7 +9,7 @@ standard ``Conv`` or a cheap Moonshine block (:mod:`compresslab.models.blocks`).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

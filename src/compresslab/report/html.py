@@ -28,7 +28,6 @@ def plot_cost_accuracy(results: dict) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter
 
     markers = {"parent": "*", "child": "o", "control": "^"}

@@ -29,9 +29,10 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from compresslab.errors import UserError
 from compresslab.scratch import pid_alive
@@ -54,7 +55,7 @@ class Step:
 
     kind: str
     spec: dict
-    parents: dict[str, "Step"] = field(default_factory=dict)
+    parents: dict[str, Step] = field(default_factory=dict)
     label: str = ""
 
     @property

@@ -5,9 +5,9 @@ expands into steps, and the executors (:mod:`compresslab.steps.executor`) run th
 kind without knowing about studies. The built-in kinds are ``train``, ``distill``,
 ``prune`` and ``quantize``; see :mod:`compresslab.steps.registry` to add one.
 """
-from compresslab.steps.registry import StepKind, check_step, get_step, list_steps, register_step, run_step
-from compresslab.steps.common import build, data_of, dataset, finish_model, history, wd_scales
 from compresslab.steps import distill, prune, quantize, train  # noqa: F401  (register the built-in kinds)
+from compresslab.steps.common import build, data_of, dataset, finish_model, history, wd_scales
+from compresslab.steps.registry import StepKind, check_step, get_step, list_steps, register_step, run_step
 
 __all__ = [
     "StepKind",

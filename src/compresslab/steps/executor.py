@@ -45,7 +45,7 @@ class Execution:
             raise UserError("--ray-address needs --executor ray")
 
 
-_current: contextvars.ContextVar[Execution] = contextvars.ContextVar("execution", default=Execution())
+_current: contextvars.ContextVar[Execution] = contextvars.ContextVar("execution", default=Execution())  # noqa: B039 (frozen)
 
 
 @contextlib.contextmanager

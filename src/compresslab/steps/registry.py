@@ -17,9 +17,9 @@ the runner would reject, so a rejected command leaves nothing in the store.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from compresslab.errors import UserError
 from compresslab.runs.store import RunStore, Step

@@ -7,8 +7,6 @@ Kinds: the plain study (no ``kind``), ``kurtosis``, ``kd-functional``, ``moonshi
 ``linear-substitution`` and ``compression-functional``; add one with
 :func:`register_study_kind` (see :mod:`compresslab.study.kinds`).
 """
-from compresslab.study.kinds import Entry, list_study_kinds, register_study_kind, run_kind, study_kind
-from compresslab.study.spec import load_spec, parse_spec
 from compresslab.study import (  # noqa: F401  (register the built-in kinds)
     compression_functional,
     kd_functional,
@@ -17,7 +15,9 @@ from compresslab.study import (  # noqa: F401  (register the built-in kinds)
     moonshine,
     plain,
 )
+from compresslab.study.kinds import Entry, list_study_kinds, register_study_kind, run_kind, study_kind
 from compresslab.study.plain import StudySpec
+from compresslab.study.spec import load_spec, parse_spec
 
 __all__ = ["Entry", "StudySpec", "list_study_kinds", "load_spec", "parse_spec", "register_study_kind", "run_kind",
            "study_kind"]

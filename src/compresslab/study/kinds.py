@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from pydantic import BaseModel
@@ -99,13 +99,13 @@ def preflight(spec: BaseModel, entries: list[Entry]) -> None:
         data = data_of({"data": json.loads(d)})
         if data.x_train.shape[0] == 0:
             raise UserError(f"dataset {data.name} has no training examples")
-    data = data_of(entries[0].step.spec)
+    data = next((data_of(e.step.spec) for e in entries if "data" in e.step.spec), None)
     seen: set[str] = set()
 
     def walk(node):
         if isinstance(node, dict):
             if set(node) == {"name", "options"} and isinstance(node["name"], str):
-                if canonical_json(node) not in seen:
+                if data is not None and canonical_json(node) not in seen:
                     seen.add(canonical_json(node))
                     build(node, data, 0)
                 return
@@ -165,7 +165,8 @@ def run_kind(spec: BaseModel, runs: str | Path = "runs", *, progress=None) -> tu
     if failed and (not kind.partial or entries[0].name in failed):
         raise StudyIncomplete(failed)
     done = [e for e in entries if e.name not in failed]
-    results = {"study": spec.name, "kind": kind.name, "data": data_block(data_of(entries[0].step.spec)),
+    data = next((data_of(e.step.spec) for e in entries if "data" in e.step.spec), None)
+    results = {"study": spec.name, "kind": kind.name, "data": data and data_block(data),
                "num_threads": torch.get_num_threads(), **kind.collect(spec, done, store, progress), "failed": failed}
     return results, publish(spec, store, results, ran, kind.report, t0)
 

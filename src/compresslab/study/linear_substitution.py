@@ -72,7 +72,7 @@ def fitted_blocks(spec: LinearSubstitutionSpec) -> list[dict]:
     widths = [16 * widen, 32 * widen, 64 * widen]
     per_group = n // 3
     layers, c_in = [], 16
-    for g, c_out in enumerate(widths):
+    for c_out in widths:
         for i in range(per_group):
             first = c_in if i == 0 else c_out
             mid = c_out // base.bottleneck

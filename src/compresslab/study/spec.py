@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from compresslab.compress.quantize import MAX_CALIB_BATCH, MAX_CALIB_BATCHES
 from compresslab.errors import UserError
 from compresslab.train import Recipe
-from compresslab.compress.quantize import MAX_CALIB_BATCH, MAX_CALIB_BATCHES
 from compresslab.train.recipe import MAX_EPOCHS, validation_message
 
 PRESETS = Path(__file__).parent / "presets"
@@ -37,7 +37,7 @@ class DistillChild(Strict):
 class PruneChild(Strict):
     method: Literal["prune"]
     name: str
-    amount: Union[Annotated[float, Field(gt=0, lt=1)], Literal["p_star", "safe"]] = Field(
+    amount: Annotated[float, Field(gt=0, lt=1)] | Literal["p_star", "safe"] = Field(
         description="fraction of the parameters to remove, or p_star / safe (from the parent's weights)")
     criterion: Literal["global-l1", "layer-l1", "random"] = "global-l1"
     scope: Literal["all", "weights"] = "all"
@@ -47,7 +47,7 @@ class PruneChild(Strict):
 
 
 Bits = Annotated[int, Field(ge=2, le=16)]
-BitWidths = Union[Bits, dict[Literal["conv", "linear"], Bits]]
+BitWidths = Bits | dict[Literal["conv", "linear"], Bits]
 
 
 class QuantizeChild(Strict):
@@ -75,7 +75,7 @@ class QuantizeChild(Strict):
         return self
 
 
-Child = Annotated[Union[DistillChild, PruneChild, QuantizeChild], Field(discriminator="method")]
+Child = Annotated[DistillChild | PruneChild | QuantizeChild, Field(discriminator="method")]
 
 
 def load_spec(path: str | Path | None = None, *, preset: str | None = None):

@@ -23,8 +23,9 @@ Every term name resolves through one registry: :func:`register_term` maps a name
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

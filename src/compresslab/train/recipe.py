@@ -6,7 +6,8 @@ plain mapping. It also builds the optimizer and the per-iteration lr scheduler.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -64,7 +65,7 @@ class Recipe(BaseModel):
         return sorted(v)
 
     @model_validator(mode="after")
-    def _check(self) -> "Recipe":
+    def _check(self) -> Recipe:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov: needs optimizer sgd with momentum > 0")
         if self.schedule == "onecycle" and self.warmup_epochs:
@@ -74,7 +75,7 @@ class Recipe(BaseModel):
         return self
 
     @classmethod
-    def from_dict(cls, data: Any, *, where: str = "recipe") -> "Recipe":
+    def from_dict(cls, data: Any, *, where: str = "recipe") -> Recipe:
         """Validate a mapping read from YAML/JSON; problems become a one-line :class:`UserError`."""
         if data is None:
             data = {}
