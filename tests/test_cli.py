@@ -132,3 +132,15 @@ def test_help_has_examples(capsys):
     for cmd in ("train", "info", "evaluate", "compare", "study"):
         code, out, _ = run(capsys, cmd, "--help")
         assert code == 0 and "Example" in out and "--json" in out
+
+
+def test_info_without_an_input_shape_counts_params_and_says_why_macs_are_missing(capsys):
+    assert main(["info", "--model", "resnet20", "--in-channels", "3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["params"] == 269_722  # He et al. 2016's ResNet-20 on CIFAR-10: 0.27M
+    assert r["bytes"] == 4 * r["params"] and r["macs"] is None and r["bops"] is None and "--input-shape" in r["note"]
+    assert main(["info", "--model", "resnet20", "--in-channels", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "269,722" in out and "macs" not in out and "note: MACs and BOPs depend on the input" in out
+    assert main(["info", "--model", "resnet20", "--latency"]) == 2
+    assert "--latency needs an input shape" in capsys.readouterr().err
