@@ -5,7 +5,7 @@ stderr and exit with code 2 (:func:`compresslab.cli.main`).
 """
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -30,6 +30,10 @@ PRESETS = Path(__file__).parent.parent / "study" / "presets"
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Runs = Annotated[Path, typer.Option("--runs", help=RUNS_HELP)]
+RecipeFile = Annotated[Optional[Path], typer.Option("--recipe", help="YAML file of recipe fields (optimizer, lr, schedule, epochs, ...).")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Override the recipe's epochs.")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Override the recipe's learning rate.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Override the recipe's batch size.")]
 
 
 def seed_option(help: str):

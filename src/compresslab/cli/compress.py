@@ -7,7 +7,10 @@ from typing import List, Optional
 import typer
 
 from compresslab.cli.common import (
+    BatchSize,
+    Epochs,
     Json,
+    Lr,
     Quiet,
     Runs,
     app,
@@ -187,9 +190,9 @@ def distill(
     at_point: List[str] = typer.Option([], "--at-point", help="Feature point for attention transfer, repeatable; STUDENT=TEACHER maps different names (default: every shared spatial point)."),
     hint_point: List[str] = typer.Option([], "--hint-point", help="Feature point for the hint term, repeatable; STUDENT=TEACHER as for --at-point (default: every shared point)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe for the student (default: the teacher's recipe)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
+    epochs: Epochs = None,
+    lr: Lr = None,
+    batch_size: BatchSize = None,
     seed: seed_option("Student seed (init, batch order; noise and untrained teachers too).") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
@@ -225,9 +228,10 @@ def distill(
     def human(r):
         f = r["vs_teacher"]
         print_pairs(f"student from {r['teacher_kind']} ({', '.join(f'{k}={v:g}' for k, v in r['loss'].items())}), test split",
-               [("student accuracy", f"{100 * f['accuracy_b']:.2f}%"), ("teacher accuracy", f"{100 * f['accuracy_a']:.2f}%"),
-                ("disagreement", f"{100 * f['disagreement']:.2f}%"), ("JS divergence", f"{f['js_divergence']:.4f}"),
-                ("activation distance", f"{f['activation_distance']:.4f}")])
+                    [("student accuracy", f"{100 * f['accuracy_b']:.2f}%"),
+                     ("teacher accuracy", f"{100 * f['accuracy_a']:.2f}%"),
+                     ("disagreement", f"{100 * f['disagreement']:.2f}%"), ("JS divergence", f"{f['js_divergence']:.4f}"),
+                     ("activation distance", f"{f['activation_distance']:.4f}")])
         typer.echo(r["checkpoint"])
 
     emit(result, as_json, human)
@@ -266,9 +270,10 @@ def substitute(
     def human(r):
         f = r["vs_teacher"]
         print_pairs(f"{block} student ({loss}), test split",
-               [("params", f"{r['params']:,} (teacher {r['teacher_params']:,})"),
-                ("student accuracy", f"{100 * f['accuracy_b']:.2f}%"), ("teacher accuracy", f"{100 * f['accuracy_a']:.2f}%"),
-                ("agreement", f"{100 * f['agreement']:.2f}%")])
+                    [("params", f"{r['params']:,} (teacher {r['teacher_params']:,})"),
+                     ("student accuracy", f"{100 * f['accuracy_b']:.2f}%"),
+                     ("teacher accuracy", f"{100 * f['accuracy_a']:.2f}%"),
+                     ("agreement", f"{100 * f['agreement']:.2f}%")])
         typer.echo(r["checkpoint"])
 
     emit(result, as_json, human)
@@ -360,8 +365,8 @@ def lottery(
     data: data_option("Dataset name (as for train).") = ...,
     option: List[str] = typer.Option([], "--option", "-o", help="Model option KEY=VALUE, repeatable."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML file of recipe fields; every round trains with it."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
+    epochs: Epochs = None,
+    lr: Lr = None,
     rounds: int = typer.Option(3, "--rounds", help="Pruning rounds (round 0 is the dense network)."),
     rate: float = typer.Option(0.2, "--rate", help="Fraction of the remaining weights pruned per round."),
     rewind_epoch: int = typer.Option(0, "--rewind-epoch", help="Rewind survivors to the weights at this epoch (0: init)."),

@@ -6,8 +6,12 @@ from typing import List, Optional
 import typer
 
 from compresslab.cli.common import (
+    BatchSize,
+    Epochs,
     Json,
+    Lr,
     Quiet,
+    RecipeFile,
     Runs,
     app,
     data_option,
@@ -25,10 +29,10 @@ def train(
     model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, or package.module:factory."),
     data: data_option("mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR or npz:FILE.") = ...,
     option: List[str] = typer.Option([], "--option", "-o", help="Model option KEY=VALUE, repeatable (e.g. width=64)."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML file of recipe fields (optimizer, lr, schedule, epochs, ...)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
+    recipe: RecipeFile = None,
+    epochs: Epochs = None,
+    lr: Lr = None,
+    batch_size: BatchSize = None,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default) or fast (channels_last + bf16 autocast)."),
     seed: seed_option("Seed for init, batch order and the validation split.") = 0,
     runs: Runs = Path("runs"),
