@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from compresslab.cli import main
 
@@ -74,6 +75,10 @@ def test_local_workers_resume_and_match_sequential_threads(capsys, spec, tmp_pat
     (["--executor", "dask"], "use local or ray"),
     (["--workers", "0"], "must be >= 1"),
     (["--ray-address", "auto"], "needs --executor ray"),
+    (["--gpus-per-step", "0.5"], "--gpus-per-step needs --executor ray"),
+    pytest.param(["--executor", "ray", "--gpus-per-step", "1"], "this machine has no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    (["--executor", "ray", "--gpus-per-step", "-1"], "must be >= 0"),
 ])
 def test_executor_bad_input(capsys, spec, tmp_path, args, needle):
     code, _, err = run(capsys, "study", spec, "--runs", tmp_path / "r", "--quiet", *args)

@@ -13,7 +13,7 @@ SRC = Path(__file__).parent.parent / "src" / "compresslab"
 #: Lowest first. A module may import its own layer and any lower one.
 LAYERS = [
     {"errors"},
-    {"progress", "figures", "scratch", "console"},
+    {"progress", "figures", "scratch", "console", "device"},
     {"data"},
     {"models"},
     {"train"},

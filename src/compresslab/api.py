@@ -1,7 +1,9 @@
 """The public Python API: one function per CLI command."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from compresslab import device as devices
 from compresslab.compress.prune import METHODS
 from compresslab.compress.quantize import quantized_layer_bits
 from compresslab.compress.search import search, write_csv
@@ -20,7 +23,7 @@ from compresslab.models.blocks import parse_block
 from compresslab.runs.checkpoint import load_checkpoint, read_model_json
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.steps import build, check_step, dataset, run_step
-from compresslab.steps.common import checkpoint_logits
+from compresslab.steps.common import checkpoint_logits, load_model
 from compresslab.steps.specs import (
     data_spec,
     distill_spec,
@@ -32,6 +35,23 @@ from compresslab.steps.specs import (
 )
 from compresslab.study.moonshine import KD, MODES, mode_loss
 from compresslab.train import Recipe, evaluate_logits
+
+
+def on_device(fn):
+    """Give an API function the keyword arguments ``device`` (``auto``: CUDA when present,
+    else CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps``) and ``deterministic`` (False): the call
+    trains and measures under that :class:`compresslab.device.Runtime`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, device: str = "auto", deterministic: bool = False, **kwargs):
+        with devices.using(devices.Runtime(device, deterministic)):
+            return fn(*args, **kwargs)
+
+    sig = inspect.signature(fn)
+    extra = [inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="auto"),
+             inspect.Parameter("deterministic", inspect.Parameter.KEYWORD_ONLY, default=False)]
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
+    return wrapper
 
 
 def _task(progress, label: str):
@@ -64,6 +84,7 @@ def load_recipe(recipe_file: Path | None, overrides: dict) -> Recipe:
     return Recipe.from_dict({**fields, **overrides})
 
 
+@on_device
 def train_model(model: str, data: str, *, options: dict | None = None, recipe_file: Path | None = None,
                 overrides: dict | None = None, seed: int = 0, val_fraction: float = 0.1,
                 runs: str | Path = "runs", progress=None, nproc: int = 1) -> dict:
@@ -102,18 +123,23 @@ def train_model(model: str, data: str, *, options: dict | None = None, recipe_fi
 
 
 def run_study(spec: str | Path | None = None, *, preset: str | None = None, runs: str | Path = "runs",
-              progress=None, execution=None) -> tuple[dict, Path]:
+              progress=None, execution=None, device: str | None = None, deterministic: bool | None = None,
+              epochs: int | None = None, subset: int | None = None) -> tuple[dict, Path]:
     """Run (or resume) a study from a YAML file or a preset (default: the ``default`` preset).
-    ``execution`` (:class:`~compresslab.steps.executor.Execution`) picks the executor.
+    ``execution`` (:class:`~compresslab.steps.executor.Execution`) picks the executor;
+    ``device`` and ``deterministic`` override the spec's; ``epochs`` and ``subset`` shrink
+    it for a smoke run (:func:`compresslab.study.spec.shrink`).
     Returns ``(results, output directory)``; see :func:`compresslab.study.run_kind`."""
     from compresslab.steps.executor import Execution, using
     from compresslab.study import load_spec, run_kind
+    from compresslab.study.spec import shrink
 
-    s = load_spec(spec, preset=preset)
+    s = shrink(load_spec(spec, preset=preset), epochs=epochs, subset=subset)
     with using(execution or Execution()):
-        return run_kind(s, runs, progress=progress)
+        return run_kind(s, runs, progress=progress, device=device, deterministic=deterministic)
 
 
+@on_device
 def model_info(*, checkpoint: Path | None = None, model: str | None = None, num_classes: int = 10,
                in_channels: int = 1, input_shape: tuple[int, ...] | None = None, options: dict | None = None,
                bits: int | None = None, with_latency: bool = False) -> dict:
@@ -142,12 +168,13 @@ def model_info(*, checkpoint: Path | None = None, model: str | None = None, num_
     if not input_shape:
         result["note"] = "MACs and BOPs depend on the input: pass --input-shape (e.g. 3x32x32 or 1x40) to count them"
     if with_latency:
-        runtime = load_checkpoint(checkpoint)[0] if checkpoint is not None else net
+        runtime = load_model(checkpoint) if checkpoint is not None else net.to(devices.current().torch_device)
         result["latency_ms"] = latency(runtime, input_shape)
         result["num_threads"] = torch.get_num_threads()
     return result
 
 
+@on_device
 def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fraction: float = 0.1) -> dict:
     """Accuracy and mean cross-entropy of a checkpoint on every non-empty split."""
     ds = dataset(data, val_fraction, seed)
@@ -162,6 +189,7 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fract
     return {"checkpoint": str(checkpoint), "data": data, "splits": splits}
 
 
+@on_device
 def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", seed: int = 0,
                         val_fraction: float = 0.1) -> dict:
     """Every output metric of ``b`` against ``a`` on one split (keys of ``compare_logits``)."""
@@ -192,6 +220,7 @@ def _parent_recipe(checkpoint: Path):
     return Recipe(**base) if base else Recipe()
 
 
+@on_device
 def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe", method: str = "global-l1",
                      scope: str = "all", importance: str = "magnitude", global_channels: bool = False,
                      finetune_epochs: int = 1, lr: float | None = None, seed: int = 0, val_fraction: float = 0.1,
@@ -228,7 +257,7 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
     result = {"checkpoint": str(out), "reused": not ran, "amount": m["amount"], "accuracy": m["accuracy"]}
     if method == "channel":
 
-        before, after = load_checkpoint(checkpoint)[0], load_checkpoint(out)[0]
+        before, after = load_model(checkpoint), load_model(out)
         shape = tuple(ds.input_shape)
         lat = {"before": latency(before, shape), "after": latency(after, shape)}
         result["structured"] = {**m["structured"], "latency_ms": lat,
@@ -258,6 +287,7 @@ def checkpoint_prunability(checkpoint: Path, *, scope: str = "all", points: int 
 TEACHER_KINDS_CLI = ("teacher", "untrained", "uniform-noise", "gaussian-noise")
 
 
+@on_device
 def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: dict | None = None,
                        loss: dict[str, float] | None = None, temperature: float = 4.0, teacher_kind: str = "teacher",
                        noise: dict | None = None, at_points=None, hint_points=None, recipe_file: Path | None = None,
@@ -298,13 +328,14 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
     out, ran = _run(step, {"teacher": checkpoint}, runs, progress, f"distill {student} from {checkpoint.name}")
     metrics = read_json(out / "metrics.json")
     x, y = ds.split("test")
-    teacher_logits = evaluate_logits(load_checkpoint(checkpoint)[0], x)
-    student_logits = evaluate_logits(load_checkpoint(out)[0], x)
+    teacher_logits = evaluate_logits(load_model(checkpoint), x)
+    student_logits = evaluate_logits(load_model(out), x)
     return {"checkpoint": str(out), "reused": not ran, "teacher_kind": teacher_kind, "loss": spec["loss"],
             "accuracy": metrics["accuracy"], "train_seconds": metrics.get("train_seconds"),
             "vs_teacher": compare_logits(teacher_logits, student_logits, labels=y)}
 
 
+@on_device
 def substitute_checkpoint(checkpoint: Path, block: str, data: str, *, mode: str = "at", beta: float = 1000.0,
                           epochs: int | None = None, seed: int = 0, runs: str | Path = "runs", progress=None) -> dict:
     """Moonshine: the teacher's WRN with every 3x3 conv replaced by ``block``, trained with the
@@ -327,6 +358,7 @@ def substitute_checkpoint(checkpoint: Path, block: str, data: str, *, mode: str 
     return result
 
 
+@on_device
 def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples: int = 1000,
                          blocks: list[str] | None = None, batch: int = 128, seed: int = 0,
                          csv_path: Path | None = None, distill: bool = True, validate: int = 0,
@@ -355,7 +387,8 @@ def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples:
         tick = (lambda i, n: callback({"event": "step", "epoch": 1, "step": i, "loss": 0.0, "acc": 0.0,
                                        "samples_per_s": 0.0})) if callback else None
         result = search(depth, widen, blocks, budget, ds.x_train[idx], ds.y_train[idx], samples=samples, dim=dim,
-                        in_channels=cfg["in_channels"], num_classes=cfg["num_classes"], seed=seed, progress=tick)
+                        in_channels=cfg["in_channels"], num_classes=cfg["num_classes"], seed=seed, progress=tick,
+                        device=devices.current().torch_device)
     csv_path = Path(csv_path) if csv_path else Path(runs) / "blockswap" / f"{name}-{int(budget)}-s{seed}.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     result["csv"] = str(write_csv(result, csv_path))
@@ -386,6 +419,7 @@ def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples:
     return out
 
 
+@on_device
 def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bits: int | dict = 8,
                         act_bits: int | dict | None = None, per_channel: bool = False, symmetric: bool = True,
                         observer: str = "minmax", percentile: float = 99.99, calib_batches: int = 8,
@@ -420,7 +454,8 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
     out, ran = _run(step, {"parent": checkpoint}, runs, progress, f"quantize {checkpoint.name} ({scheme})")
     m = read_json(out / "metrics.json")
     shape = tuple(ds.input_shape)
-    before, after = load_checkpoint(checkpoint)[0], load_checkpoint(out)[0]
+    after = load_model(out)  # int8 kernels run on the CPU only: then the parent is timed there too
+    before = load_model(checkpoint).to(devices.model_device(after))
     lat = {"parent": latency(before, shape), "child": latency(after, shape)}
     y = ds.split("test")[1]
     return {"checkpoint": str(out), "reused": not ran, "scheme": scheme, "quantization": m["quantization"],

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresslab.data import Dataset
+from compresslab.device import model_device
 from compresslab.errors import UserError
 from compresslab.models import capture_features, feature_points
 from compresslab.scratch import Scratch
@@ -191,7 +192,10 @@ class TeacherSignal:
 
 
 def _in_scratch(scratch, name: str, t: torch.Tensor) -> torch.Tensor:
-    """``t`` copied into a memory-mapped array of ``scratch``; a tensor sharing its memory."""
+    """``t`` copied into a memory-mapped array of ``scratch``; a tensor sharing its memory.
+    A tensor on an accelerator stays where it is (float32): that is where training reads it."""
+    if t.device.type != "cpu":
+        return t.float()
     arr = scratch.array(name, tuple(t.shape), np.float32)
     arr[:] = t.float().numpy()
     return torch.from_numpy(arr)
@@ -356,7 +360,7 @@ def _teacher_signal(teacher: nn.Module | torch.Tensor, data: Dataset) -> Teacher
     if tuple(teacher.shape) != (n, k):
         raise UserError(f"fixed teacher logits must have shape ({n}, {k}) (one row per training example), "
                         f"got {tuple(teacher.shape)}")
-    return TeacherSignal(logits=teacher.float())
+    return TeacherSignal(logits=teacher.float().to(data.device))
 
 
 def _distill_loss(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, loss: dict[str, float],
@@ -396,7 +400,14 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
     much as a plain CE step; with augmentation the teacher must see the augmented batch
     and runs every step. Feature terms such as ``hint`` always run the teacher (their
     targets are whole feature maps).
+
+    Training runs on the student's device; a teacher network is moved there (in place),
+    and cached teacher outputs stay there (on CPU: in RAM-backed scratch memmaps).
     """
+    device = model_device(student)
+    data = data.to(device)
+    if isinstance(teacher, nn.Module):
+        teacher.to(device)
     signal, loss_fn = _distill_loss(teacher, student, data, dict(loss or DEFAULT_LOSS),
                                     label_smoothing=recipe.label_smoothing, temperature=temperature,
                                     at_points=at_points, hint_points=hint_points, seed=seed)

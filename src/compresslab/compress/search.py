@@ -145,16 +145,18 @@ def fisher_potential(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
 
 def search(depth: int, widen_factor: int, blocks: list[str], budget: float, x: torch.Tensor, y: torch.Tensor, *,
            samples: int = 1000, dim: int = 2, in_channels: int = 3, num_classes: int = 10, seed: int = 0,
-           tolerance: float = 0.025, progress=None) -> dict:
-    """Sample candidates on the budget, score each at random init on ``(x, y)``, return the best."""
+           tolerance: float = 0.025, progress=None, device: torch.device | str = "cpu") -> dict:
+    """Sample candidates on the budget, score each at random init on ``(x, y)``, return the best.
+    Candidates are initialised on the CPU (the same weights on every device) and scored on ``device``."""
     t0 = time.perf_counter()
     table = block_table(depth, widen_factor, blocks, dim=dim, in_channels=in_channels, num_classes=num_classes)
     genotypes, draws = sample_candidates(table, samples, budget, tolerance=tolerance, seed=seed)
     t1 = time.perf_counter()
+    x, y = x.to(device), y.to(device)
     candidates = []
     for i, g in enumerate(genotypes):
         torch.manual_seed(seed * 100_003 + i)
-        model = build(table, g)
+        model = build(table, g).to(device)
         candidates.append({"genotype": g, "params": table_params(table, g),
                            "score": fisher_potential(model, x, y)["score"]})
         if progress is not None:

@@ -81,19 +81,33 @@ def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
     return [(t - mean) / std for t in (train, *others)]
 
 
+def _subset(name: str) -> tuple[str, int | None]:
+    """``"cifar10:DIR@2000"`` -> ``("cifar10:DIR", 2000)``; no ``@N`` suffix -> ``(name, None)``."""
+    base, at, n = name.rpartition("@")
+    if not at or not n.isdigit():
+        return name, None
+    if int(n) < 2:
+        raise UserError(f"dataset {name!r}: a subset needs at least 2 examples (NAME@N)")
+    return base, int(n)
+
+
 def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
     """Load a dataset by name, carve a seeded validation split and standardise.
 
     ``name`` is one of :func:`list_datasets` (``mnist1d``, ``digits``,
-    ``mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``, ``npz:FILE``). The
-    validation split is ``val_fraction`` of train (at least one example when
-    positive) chosen by ``torch.Generator().manual_seed(seed)``. The same name
-    and seed always give identical tensors.
+    ``mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``, ``npz:FILE``), optionally with
+    ``@N``: a seeded random subset of N training and at most N test examples (smoke
+    runs of large presets). The validation split is ``val_fraction`` of train (at least
+    one example when positive) chosen by ``torch.Generator().manual_seed(seed)``. The
+    same name and seed always give identical tensors.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    loader, path = _resolve(name)
+    base, subset = _subset(name)
+    loader, path = _resolve(base)
     raw = loader(path, seed)
+    if subset is not None:
+        raw = loaders.subset(raw, subset, seed)
     n = len(raw.y_train)
     if n == 0 or len(raw.y_test) == 0:
         raise UserError(

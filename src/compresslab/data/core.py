@@ -46,6 +46,20 @@ class Dataset:
     def sizes(self) -> dict[str, int]:
         return {s: int(self.split(s)[1].shape[0]) for s in SPLITS}
 
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Dataset:
+        """This dataset with every split on ``device`` (itself when already there). Moving
+        once and indexing batches there avoids a host-to-device copy per step."""
+        device, here = torch.device(device), self.x_train.device
+        if here.type == device.type and device.index in (None, here.index):
+            return self
+        moved = {f"{a}_{s}": getattr(self, f"{a}_{s}").to(device, non_blocking=non_blocking)
+                 for s in SPLITS for a in ("x", "y")}
+        return Dataset(self.name, **moved, num_classes=self.num_classes, notes=list(self.notes))
+
 
 def batches(
     x: torch.Tensor,
@@ -59,10 +73,11 @@ def batches(
     """Yield ``(idx, x[idx], y[idx])`` by indexing a (seeded) permutation.
 
     ``idx`` are positions in ``x``, so per-example state (cached teacher
-    logits, noise targets) can be looked up with the same indices.
+    logits, noise targets) can be looked up with the same indices. Everything happens
+    on ``x``'s device (give a ``generator`` on that device): no host round trip per batch.
     """
     n = x.shape[0]
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = torch.randperm(n, generator=generator, device=x.device) if shuffle else torch.arange(n, device=x.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
@@ -78,8 +93,10 @@ def augment(
 ) -> torch.Tensor:
     """Random crop with zero padding (1D or 2D) and horizontal flip (2D), as tensor ops.
 
-    Each example gets its own offset; the whole batch is gathered at once.
+    Each example gets its own offset; the whole batch is gathered at once, on ``x``'s
+    device (``generator`` must live there too).
     """
+    dev = x.device
     if crop_padding > 0:
         p = crop_padding
         spatial = x.shape[2:]
@@ -87,22 +104,22 @@ def augment(
         padded = torch.nn.functional.pad(x, pad)
         n = x.shape[0]
         # one offset per example and spatial dim in [0, 2p]
-        offs = torch.randint(0, 2 * p + 1, (n, len(spatial)), generator=generator)
+        offs = torch.randint(0, 2 * p + 1, (n, len(spatial)), generator=generator, device=dev)
         if len(spatial) == 1:
             (L,) = spatial
-            cols = offs[:, :1] + torch.arange(L)  # (n, L)
+            cols = offs[:, :1] + torch.arange(L, device=dev)  # (n, L)
             x = padded.gather(2, cols[:, None, :].expand(-1, x.shape[1], -1))
         elif len(spatial) == 2:
             H, W = spatial
-            rows = offs[:, 0:1] + torch.arange(H)  # (n, H)
-            cols = offs[:, 1:2] + torch.arange(W)  # (n, W)
-            b = torch.arange(n)[:, None, None]
+            rows = offs[:, 0:1] + torch.arange(H, device=dev)  # (n, H)
+            cols = offs[:, 1:2] + torch.arange(W, device=dev)  # (n, W)
+            b = torch.arange(n, device=dev)[:, None, None]
             x = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         else:
             raise ValueError(f"crop supports 1D or 2D inputs, got shape {tuple(x.shape)}")
     if flip:
         if x.dim() != 4:
             raise ValueError("flip applies to 2D images (N, C, H, W) only")
-        mask = torch.rand(x.shape[0], generator=generator) < 0.5
+        mask = torch.rand(x.shape[0], generator=generator, device=dev) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x.contiguous()

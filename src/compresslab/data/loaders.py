@@ -53,6 +53,19 @@ def carve(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[count:]), np.sort(perm[:count])
 
 
+def subset(raw: Raw, n: int, seed: int) -> Raw:
+    """A seeded random ``n`` of the training examples and at most ``n`` of the test ones
+    (the rest of ``raw`` unchanged, the class count kept), with a note saying so."""
+    _, train = carve(len(raw.y_train), min(n, len(raw.y_train)), seed)
+    _, test = carve(len(raw.y_test), min(n, len(raw.y_test)), seed + 1)
+    note = (f"subset: {len(train):,} of {len(raw.y_train):,} training and {len(test):,} of "
+            f"{len(raw.y_test):,} test examples (smoke run)")
+    labels = np.concatenate([raw.y_train, raw.y_test])
+    return Raw(raw.x_train[train], raw.y_train[train], raw.x_test[test], raw.y_test[test],
+               num_classes=raw.num_classes or (int(labels.max()) + 1 if len(labels) else None),
+               notes=[*raw.notes, note])
+
+
 # --------------------------------------------------------------------- mnist1d
 
 

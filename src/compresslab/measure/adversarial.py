@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compresslab.device import model_device
 from compresslab.errors import UserError
 
 ATTACKS = ("fgsm", "pgd")
@@ -58,11 +59,11 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
          clamp: tuple[float, float] | None = None, batch_size: int = 500) -> torch.Tensor:
     """x + eps · sign(∇ₓ CE(model(x), y)), optionally clamped to ``clamp`` = (lo, hi)."""
     _check(eps)
-    out = []
+    out, dev = [], model_device(model)
     with _eval(model):
         for i in range(0, x.shape[0], batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            out.append(_clamp(xb + eps * _input_grad(model, xb, yb).sign(), clamp).detach())
+            xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+            out.append(_clamp(xb + eps * _input_grad(model, xb, yb).sign(), clamp).detach().to(x.device))
     return torch.cat(out) if out else x.clone()
 
 
@@ -71,28 +72,33 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
         clamp: tuple[float, float] | None = None, batch_size: int = 500) -> torch.Tensor:
     """L∞ projected gradient descent on the CE loss; ``step_size`` defaults to 2.5·eps/steps.
 
-    Deterministic for a given ``generator`` (used only for the random start).
+    Deterministic for a given ``generator`` (used only for the random start; a CPU
+    generator gives the same start on every device). Runs on the model's device.
     """
     _check(eps, steps)
     alpha = step_size if step_size is not None else 2.5 * eps / steps
-    out = []
+    out, dev = [], model_device(model)
     with _eval(model):
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
             adv = xb.clone()
             if random_start:
-                noise = torch.rand(xb.shape, generator=generator, dtype=xb.dtype)
-                adv = _clamp(xb + eps * (2 * noise - 1), clamp)
+                noise = torch.rand(xb.shape, generator=generator, dtype=xb.dtype, device=generator.device
+                                   if generator is not None else xb.device)
+                adv = _clamp(xb + eps * (2 * noise.to(xb.device) - 1), clamp)
+            xb, yb, adv = xb.to(dev), yb.to(dev), adv.to(dev)
             for _ in range(steps):
                 adv = adv + alpha * _input_grad(model, adv, yb).sign()
                 adv = _clamp(torch.minimum(torch.maximum(adv, xb - eps), xb + eps), clamp).detach()
-            out.append(adv)
+            out.append(adv.to(x.device))
     return torch.cat(out) if out else x.clone()
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    dev = model_device(model)
     with _eval(model), torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).to(x.device)
+                          for i in range(0, x.shape[0], batch_size)])
 
 
 def transfer_rate(reference: nn.Module, others: dict[str, nn.Module] | nn.Module, x: torch.Tensor,

@@ -223,12 +223,14 @@ def latency(
     repeats: int | None = None,
     min_time: float = 0.2,
 ) -> dict[str, float]:
-    """Median wall-clock milliseconds per forward pass, keyed ``"batch<size>"``.
+    """Median milliseconds per forward pass, keyed ``"batch<size>"``, on the model's device.
 
     Runs in eval mode under ``torch.inference_mode`` on random input, after
     ``warmup`` untimed calls. Without ``repeats``, the count is chosen so each
     batch size is timed for about ``min_time`` seconds (at least 5 calls, at
-    most 10 000). Training flags are restored afterwards.
+    most 10 000). On CUDA each call is timed by CUDA events around it (the GPU's own
+    clock, after the queue has drained), elsewhere by the wall clock. Training flags are
+    restored afterwards.
     """
     shape = _check_shape(input_shape)
     if repeats is not None and repeats < 1:
@@ -243,19 +245,35 @@ def latency(
             _forward(model, x)
             for _ in range(max(warmup - 1, 0)):
                 model(x)
+            timed = _cuda_timer(device) if device.type == "cuda" else _wall_timer
             n = repeats
             if n is None:
-                t0 = time.perf_counter()
-                model(x)
-                per_call = max(time.perf_counter() - t0, 1e-9)
+                per_call = max(timed(model, x), 1e-9)
                 n = min(max(5, math.ceil(min_time / per_call)), _MAX_REPEATS)
-            times = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t0)
+            times = [timed(model, x) for _ in range(n)]
             result[f"batch{int(bs)}"] = 1000.0 * statistics.median(times)
     return result
+
+
+def _wall_timer(model: nn.Module, x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    model(x)
+    return time.perf_counter() - t0
+
+
+def _cuda_timer(device: torch.device):
+    """Seconds of one forward pass between two CUDA events (the queue drained first)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed(model: nn.Module, x: torch.Tensor) -> float:
+        torch.cuda.synchronize(device)
+        start.record()
+        model(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+
+    return timed
 
 
 # --------------------------------------------------------------------------- report

@@ -28,7 +28,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, *, transforms
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}  # device-free
     save_file(state, str(directory / "model.safetensors"))
     write_json(directory / "model.json", {
         "format": FORMAT,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compresslab import device as devices
 from compresslab.data import Dataset, load_dataset
 from compresslab.errors import UserError
 from compresslab.measure import cost_report
@@ -27,10 +28,23 @@ def dataset(name: str, val_fraction: float, seed: int) -> Dataset:
     return load_dataset(name, val_fraction=val_fraction, seed=seed)
 
 
-def data_of(spec: dict) -> Dataset:
-    """The dataset a step spec names in its ``data`` block."""
+@functools.lru_cache(maxsize=2)
+def _dataset_on(name: str, val_fraction: float, seed: int, device: str) -> Dataset:
+    return dataset(name, val_fraction, seed).to(device)
+
+
+def data_of(spec: dict, device: torch.device | None = None) -> Dataset:
+    """The dataset a step spec names in its ``data`` block; with ``device``, a copy kept
+    there (moved once per process, so consecutive steps on a GPU share it)."""
     d = spec["data"]
-    return dataset(d["name"], d["val_fraction"], d["seed"])
+    if device is None or device.type == "cpu":
+        return dataset(d["name"], d["val_fraction"], d["seed"])
+    return _dataset_on(d["name"], d["val_fraction"], d["seed"], str(device))
+
+
+def step_device() -> torch.device:
+    """The device the current runtime (:func:`compresslab.device.current`) runs steps on."""
+    return devices.current().torch_device
 
 
 def build(model_spec: dict, data: Dataset, seed: int) -> torch.nn.Module:
@@ -49,9 +63,24 @@ def parent_model(parent, data: Dataset) -> torch.nn.Module | None:
     return load_checkpoint(parent, apply_transforms=False)[0]
 
 
-def checkpoint_logits(checkpoint: Path, data: Dataset, split: str) -> torch.Tensor:
-    """The logits of a checkpoint on one split; a :class:`UserError` when it does not fit the data."""
+def runnable_device(transforms: list[dict]) -> torch.device:
+    """The current runtime's device, or the CPU for torch int8 models (CPU-only kernels)."""
+    if any(t["kind"].startswith("quantize-") for t in transforms):
+        return torch.device("cpu")
+    return step_device()
+
+
+def load_model(checkpoint: Path) -> torch.nn.Module:
+    """A checkpoint ready to run (transforms applied), on :func:`runnable_device`."""
     model, cfg = load_checkpoint(checkpoint)
+    return model.to(runnable_device(cfg["transforms"]))
+
+
+def checkpoint_logits(checkpoint: Path, data: Dataset, split: str) -> torch.Tensor:
+    """The logits of a checkpoint on one split (computed on :func:`runnable_device`, returned
+    on the CPU); a :class:`UserError` when it does not fit the data."""
+    model, cfg = load_checkpoint(checkpoint)
+    model.to(runnable_device(cfg["transforms"]))
     m = cfg["model"]
     if m["num_classes"] != data.num_classes or m["in_channels"] != data.in_channels:
         raise UserError(f"{checkpoint} was built for {m['in_channels']} input channels and {m['num_classes']} "
@@ -65,8 +94,10 @@ def checkpoint_logits(checkpoint: Path, data: Dataset, split: str) -> torch.Tens
 
 
 def finish_model(out: Path, model: torch.nn.Module, data: Dataset, *, transforms=(), layer_bits=None,
-                 extra: dict | None = None) -> None:
-    """Save ``model`` (float) + transforms, cache eval logits, write ``metrics.json``.
+                 extra: dict | None = None, precision: str = "fp32") -> None:
+    """Save ``model`` (float, device-free) + transforms, cache eval logits (evaluated where
+    the model is), write ``metrics.json`` with ``runtime``: the device, its name, torch and
+    CUDA versions, ``precision`` and the determinism flag.
 
     Latency is not measured here: it describes the machine at report time, so the
     study measures every model side by side when it collects results.
@@ -80,10 +111,11 @@ def finish_model(out: Path, model: torch.nn.Module, data: Dataset, *, transforms
     metrics: dict = {"accuracy": {}}
     for split in EVAL_SPLITS:
         x, y = data.split(split)
-        logits = evaluate_logits(runtime, x)
+        logits = evaluate_logits(runtime, x).cpu()
         np.save(out / f"logits_{split}.npy", logits.numpy().astype(np.float32))
-        metrics["accuracy"][split] = float((logits.argmax(1) == y).float().mean()) if len(y) else None
+        metrics["accuracy"][split] = float((logits.argmax(1) == y.cpu()).float().mean()) if len(y) else None
     metrics["cost"] = cost_report(model, data.input_shape, layer_bits=layer_bits or None)
+    metrics["runtime"] = devices.record(devices.model_device(model), precision)
     metrics.update(extra or {})
     write_json(out / "metrics.json", metrics)
 

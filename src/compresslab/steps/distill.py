@@ -12,7 +12,7 @@ from compresslab.compress.distill import NOISE_KINDS, distill, noise_logits, val
 from compresslab.data import Dataset
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import Step
-from compresslab.steps.common import build, data_of, finish_model, history, parent_model, wd_scales
+from compresslab.steps.common import build, data_of, finish_model, history, parent_model, step_device, wd_scales
 from compresslab.steps.registry import register_step
 from compresslab.train import Recipe
 
@@ -43,10 +43,12 @@ def check_distill(step: Step, parents: dict) -> None:
 @register_step("distill", check=check_distill)
 def run_distill(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
     s = step.spec
-    data = data_of(s)
+    dev = step_device()
+    data = data_of(s, dev)
     teacher = make_teacher(s, data, parents)
-    student = build(s["student"], data, s["seed"])
-    result = distill(teacher, student, data, Recipe(**s["recipe"]), loss=s["loss"],
+    student = build(s["student"], data, s["seed"]).to(dev)
+    recipe = Recipe(**s["recipe"])
+    result = distill(teacher, student, data, recipe, loss=s["loss"],
                      temperature=s["temperature"], at_points=s.get("at_points"), hint_points=s.get("hint_points"),
                      seed=s["seed"], callback=callback, weight_decay_scale=wd_scales(s, student))
-    finish_model(out, student, data, extra=history(result))
+    finish_model(out, student, data, extra=history(result), precision=recipe.precision)

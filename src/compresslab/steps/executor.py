@@ -5,7 +5,8 @@ Executors:
 * ``local`` (default): in this process, or in ``workers`` worker processes (spawned),
   each step starting as soon as its parents are done;
 * ``ray``: each step is a Ray task with ``cpus_per_step`` CPUs (and ``gpus_per_step``
-  GPUs); the DAG becomes task dependencies (a task receives its parents' results), so Ray
+  GPUs, fractions such as 0.25 packing several steps on one GPU); the DAG becomes task
+  dependencies (a task receives its parents' results), so Ray
   schedules it. Finished steps are skipped before submission. Without ``ray_address`` a
   local Ray instance is started; ``auto`` or ``HOST:PORT`` joins an existing cluster.
 
@@ -14,6 +15,9 @@ executors can share a store and be interrupted at any point. A step that raises 
 :class:`UserError` (e.g. a NaN loss) is recorded as failed; the steps that depend on it
 are skipped and every independent step still runs. Each step sets torch's thread count
 to its share of CPUs: the same settings give bit-identical results under every executor.
+Every step runs under the caller's :class:`compresslab.device.Runtime` (its device and
+determinism), in worker processes and Ray tasks too; ``--workers N`` on one GPU runs N
+steps on it at once.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import contextvars
 import os
 from dataclasses import dataclass
 
+from compresslab import device as devices
 from compresslab.errors import UserError
 from compresslab.steps.registry import run_step
 
@@ -39,10 +44,16 @@ class Execution:
     def __post_init__(self):
         if self.executor not in EXECUTORS:
             raise UserError(f"--executor {self.executor!r}: use {' or '.join(EXECUTORS)}")
-        if self.workers < 1 or self.cpus_per_step < 1 or self.gpus_per_step < 0:
-            raise UserError("--workers and --cpus-per-step must be >= 1 and --gpus-per-step >= 0")
+        if self.workers < 1 or self.cpus_per_step < 1:
+            raise UserError("--workers and --cpus-per-step must be >= 1")
         if self.executor == "local" and self.ray_address:
             raise UserError("--ray-address needs --executor ray")
+        if self.executor == "local" and self.gpus_per_step:
+            raise UserError("--gpus-per-step needs --executor ray (local --workers share the --device)")
+        if self.ray_address is None:  # a local Ray instance has this machine's GPUs
+            devices.check_gpus_per_step(self.gpus_per_step)
+        elif self.gpus_per_step < 0:
+            raise UserError(f"--gpus-per-step {self.gpus_per_step:g}: must be >= 0")
 
 
 _current: contextvars.ContextVar[Execution] = contextvars.ContextVar("execution", default=Execution())  # noqa: B039 (frozen)
@@ -62,10 +73,12 @@ def current() -> Execution:
     return _current.get()
 
 
-def _run_step(step, store, threads: int | None, *parent_results, callback=None) -> tuple[str, object]:
-    """Run one step in this process: ``("ran" | "reused", dir name)`` or ``("failed", reason)``.
-    ``parent_results`` are the parents' results (Ray passes them as top-level arguments,
-    which is what makes it wait for them); ``callback`` receives the training events."""
+def _run_step(step, store, threads: int | None, runtime: devices.Runtime, *parent_results,
+              callback=None) -> tuple[str, object]:
+    """Run one step in this process under ``runtime`` (device, determinism):
+    ``("ran" | "reused", dir name)`` or ``("failed", reason)``. ``parent_results`` are the
+    parents' results (Ray passes them as top-level arguments, which is what makes it wait
+    for them); ``callback`` receives the training events."""
     import torch
 
     bad = [r for r in parent_results if r[0] == "failed"]
@@ -75,7 +88,8 @@ def _run_step(step, store, threads: int | None, *parent_results, callback=None) 
         torch.set_num_threads(threads)
     parents = {role: store.path(p) for role, p in step.parents.items()}
     try:
-        _, ran = run_step(step, store, parents, callback)
+        with devices.using(runtime):
+            _, ran = run_step(step, store, parents, callback)
     except UserError as e:
         store.record_failure(step, e)
         return "failed", str(e)
@@ -86,22 +100,23 @@ def execute(entries: list, store, progress=None, execution: Execution | None = N
     """Run every entry's step; returns ``({name: ran}, {name: failure reason})``.
     An entry is anything with a ``name`` and a ``step``, listed parents first."""
     ex = execution or current()
+    runtime = devices.current()
     order: dict[str, object] = {}  # step hash -> step, in dependency order (entries come parents first)
     for e in entries:
         order.setdefault(e.step.hash, e.step)
     if ex.executor == "local" and ex.workers == 1:
-        results = _sequential(entries, store, progress)
+        results = _sequential(entries, store, progress, runtime)
     else:  # finished steps are never handed to a worker or a Ray task; nothing left, nothing started
         results = {h: ("reused", step.dirname) for h, step in order.items() if store.is_done(step)}
         todo = {h: step for h, step in order.items() if h not in results}
         if todo:
-            results.update((_ray if ex.executor == "ray" else _pool)(todo, store, ex, progress))
+            results.update((_ray if ex.executor == "ray" else _pool)(todo, store, ex, progress, runtime))
     ran = {e.name: results[e.step.hash][0] == "ran" for e in entries if results[e.step.hash][0] != "failed"}
     failed = {e.name: results[e.step.hash][1] for e in entries if results[e.step.hash][0] == "failed"}
     return ran, failed
 
 
-def _sequential(entries, store, progress) -> dict:
+def _sequential(entries, store, progress, runtime) -> dict:
     results: dict[str, tuple] = {}
     for e in entries:
         if e.step.hash in results:
@@ -109,7 +124,7 @@ def _sequential(entries, store, progress) -> dict:
         parent_results = [results[p.hash] for p in e.step.parents.values() if p.hash in results]
         task = progress.task(f"{e.name} ({e.step.kind})") if progress else contextlib.nullcontext(None)
         with task as callback:
-            results[e.step.hash] = _run_step(e.step, store, None, *parent_results, callback=callback)
+            results[e.step.hash] = _run_step(e.step, store, None, runtime, *parent_results, callback=callback)
     return results
 
 
@@ -136,7 +151,7 @@ class _Ticker:
         return self.cm.__exit__(*exc)
 
 
-def _pool(order: dict, store, ex: Execution, progress) -> dict:
+def _pool(order: dict, store, ex: Execution, progress, runtime) -> dict:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -151,7 +166,7 @@ def _pool(order: dict, store, ex: Execution, progress) -> dict:
                 deps = [p.hash for p in step.parents.values() if p.hash in order]
                 if all(d in results for d in deps):
                     del pending[h]
-                    running[pool.submit(_run_step, step, store, threads, *(results[d] for d in deps))] = h
+                    running[pool.submit(_run_step, step, store, threads, runtime, *(results[d] for d in deps))] = h
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 results[running.pop(fut)] = fut.result()
@@ -159,7 +174,7 @@ def _pool(order: dict, store, ex: Execution, progress) -> dict:
     return results
 
 
-def _ray(order: dict, store, ex: Execution, progress) -> dict:
+def _ray(order: dict, store, ex: Execution, progress, runtime) -> dict:
     try:
         import ray
     except ImportError:
@@ -179,7 +194,7 @@ def _ray(order: dict, store, ex: Execution, progress) -> dict:
             for h, step in order.items():
                 deps = [p.hash for p in step.parents.values() if p.hash in refs]
                 refs[h] = task.options(num_cpus=ex.cpus_per_step, num_gpus=ex.gpus_per_step).remote(
-                    step, store, ex.cpus_per_step, *(refs[d] for d in deps))
+                    step, store, ex.cpus_per_step, runtime, *(refs[d] for d in deps))
             waiting = {r: h for h, r in refs.items()}
             while waiting:
                 ready, _ = ray.wait(list(waiting), num_returns=1)

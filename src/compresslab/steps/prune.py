@@ -11,7 +11,7 @@ from compresslab.errors import UserError
 from compresslab.measure.weights import param_cosine, prunability
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import Step
-from compresslab.steps.common import data_of, finish_model, history, parent_model
+from compresslab.steps.common import data_of, finish_model, history, parent_model, step_device
 from compresslab.steps.registry import register_step
 from compresslab.train import Recipe, fit
 
@@ -49,16 +49,18 @@ def check_prune(step: Step, parents: dict) -> None:
 @register_step("prune", check=check_prune)
 def run_prune(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
     s = step.spec
-    data = data_of(s)
+    dev = step_device()
+    data = data_of(s, dev)
     parent, _ = load_checkpoint(parents["parent"], apply_transforms=False)
+    parent.to(dev)  # the prunability sort and the masks run on the device too
     model = copy.deepcopy(parent)
     if s.get("method") == "channel":
         return _run_channel_prune(s, model, data, out, callback)
     amount, rule = resolve_amount(s["amount"], model, s["scope"])
     masks = prune(model, amount, method=s.get("method", "global-l1"), scope=s["scope"], seed=s["seed"])
     cos_pruned = param_cosine(parent, model, scope=s["scope"])
-    result = fit(model, data, Recipe(**s["recipe"]), seed=s["seed"], callback=callback,
-                 after_step=lambda m: apply_masks(m, masks))
+    recipe = Recipe(**s["recipe"])
+    result = fit(model, data, recipe, seed=s["seed"], callback=callback, after_step=lambda m: apply_masks(m, masks))
     sparsity = sparsity_report(model, masks)
     extra = {**history(result), "amount": amount,
              "sparsity": sparsity,  # global, pruned, total and per_tensor
@@ -66,7 +68,7 @@ def run_prune(step: Step, out: Path, parents: dict[str, Path], callback=None) ->
                               "after_finetuning": param_cosine(parent, model, scope=s["scope"])}}
     if rule:
         extra["amount_rule"] = {"rule": s["amount"], **rule}
-    finish_model(out, model, data, extra=extra)
+    finish_model(out, model, data, extra=extra, precision=recipe.precision)
 
 
 def _run_channel_prune(s: dict, model, data: Dataset, out: Path, callback) -> None:
@@ -75,7 +77,8 @@ def _run_channel_prune(s: dict, model, data: Dataset, out: Path, callback) -> No
 
     report = structured_prune(model, data.input_shape, amount=s["amount"], importance=s["importance"],
                               global_pruning=s["global_channels"], data=_taylor_batch(s, data))
-    result = fit(model, data, Recipe(**s["recipe"]), seed=s["seed"], callback=callback)
+    recipe = Recipe(**s["recipe"])
+    result = fit(model, data, recipe, seed=s["seed"], callback=callback)
     keep = ("params_before", "params_after", "macs_before", "macs_after", "mac_ratio", "param_ratio", "protected")
     finish_model(out, model, data, extra={**history(result), "amount": s["amount"],
-                                          "structured": {k: report[k] for k in keep}})
+                                          "structured": {k: report[k] for k in keep}}, precision=recipe.precision)

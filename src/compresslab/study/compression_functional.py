@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from compresslab.console import console, echo, short, table
 from compresslab.errors import UserError
@@ -38,13 +38,13 @@ from compresslab.measure import compare_logits, latency, stats
 from compresslab.measure.cka import cache_features, cka_against_cached
 from compresslab.models import feature_points
 from compresslab.report.compression import plot_fidelity, write_cf_report
-from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, canonical_json, read_json
 from compresslab.scratch import Scratch
 from compresslab.steps import data_of
+from compresslab.steps.common import load_model
 from compresslab.study import plain
 from compresslab.study.kinds import Entry, register_study_kind
-from compresslab.study.spec import Child, ModelSpec, check_children
+from compresslab.study.spec import Child, ModelSpec, RunOptions, check_children
 from compresslab.train.recipe import Recipe, Seed
 
 OTHER_SEED = 1000  # the independent retrain of replicate s is trained at OTHER_SEED + s
@@ -53,7 +53,7 @@ METRICS = {"agreement": True, "kappa": True, "js_divergence": False, "activation
            "output_cosine": True, "cka": True}
 
 
-class CompressionFunctionalSpec(BaseModel):
+class CompressionFunctionalSpec(RunOptions):
     """A compression-functional study (``kind: compression-functional``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -137,7 +137,7 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
                                 "(use split: test or a larger val_fraction)")
             parent_dir = store.path(entries[0].step)
             parent_logits = np.load(parent_dir / f"logits_{spec.split}.npy")
-            parent_model, _ = load_checkpoint(parent_dir)
+            parent_model = load_model(parent_dir)
             # the parent's activations, computed once per replicate, kept as RAM-backed memmaps
             parent_features = cache_features(parent_model, x, spec.cka_points, cache, prefix=f"parent-s{seed}") \
                 if spec.cka_points is not None or feature_points(parent_model) else None  # None: no CKA
@@ -147,7 +147,7 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
                 d = store.path(e.step)
                 metrics = read_json(d / "metrics.json")
                 cost = dict(metrics["cost"])
-                model, _ = load_checkpoint(d)
+                model = load_model(d)
                 if spec.latency and seed == first:
                     cost["latency_ms"] = latency(model, data.input_shape)
                 fam = "parent" if e.role == "parent" else family(e, children)

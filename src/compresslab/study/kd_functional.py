@@ -46,13 +46,13 @@ from compresslab.measure.cka import cache_features, cka_against_cached
 from compresslab.measure.pairwise import pairwise_metrics
 from compresslab.models import feature_points
 from compresslab.report.kd import write_kd_report
-from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.scratch import Scratch
 from compresslab.steps import data_of
+from compresslab.steps.common import load_model
 from compresslab.steps.specs import data_spec, distill_spec, train_spec
 from compresslab.study.kinds import Entry, register_study_kind
-from compresslab.study.spec import ModelSpec
+from compresslab.study.spec import ModelSpec, RunOptions
 from compresslab.train.losses import list_terms
 from compresslab.train.recipe import Recipe, Seed
 
@@ -85,7 +85,7 @@ class Adversarial(BaseModel):
     steps: int = Field(10, ge=1, description="PGD steps")
 
 
-class KDFunctionalSpec(BaseModel):
+class KDFunctionalSpec(RunOptions):
     """A kd-functional study (``kind: kd-functional``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -219,7 +219,7 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, entries: list[Entr
     if len(y) < 4:
         raise UserError(f"the {spec.split} split has {len(y)} examples; CKA and the statistics need more "
                         "(use split: test or a larger val_fraction)")
-    teacher, _ = load_checkpoint(store.path(reference))
+    teacher = load_model(store.path(reference))
     models = [{"name": e.name, "step": e.step, "condition": e.info.get("condition"),
                "role": "reference" if i == 0 else "student" if "condition" in e.info else "other-teacher"}
               for i, e in enumerate(entries)]
@@ -239,7 +239,7 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, entries: list[Entr
                    "seed": m["step"].spec["seed"], "step": d.name, "accuracy": metrics["accuracy"][spec.split],
                    "train_seconds": metrics.get("train_seconds"),
                    **{k: float(matrices[k][0, i]) for k in OUTPUT_METRICS}}
-            model, _ = load_checkpoint(d)
+            model = load_model(d)
             cka = {} if teacher_features is None else cka_against_cached(teacher_features, model, x, spec.cka_points)
             row["cka_points"] = {k: {"unbiased": v["unbiased"], "biased": v["biased"]} for k, v in cka.items()}
             unb = [v["unbiased"] for v in cka.values() if v["unbiased"] is not None]

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
+from compresslab import device as devices
 from compresslab.errors import StudyIncomplete, UserError
 from compresslab.runs.store import RunStore, Step, canonical_json, write_json
 from compresslab.steps import build, check_step, data_of
@@ -148,26 +149,35 @@ def publish(spec: BaseModel, store: RunStore, results: dict, ran: dict[str, bool
     return out
 
 
-def run_kind(spec: BaseModel, runs: str | Path = "runs", *, progress=None) -> tuple[dict, Path]:
+def run_kind(spec: BaseModel, runs: str | Path = "runs", *, progress=None, device: str | None = None,
+             deterministic: bool | None = None) -> tuple[dict, Path]:
     """Run (or resume) a study of any kind; write ``results.json`` and ``report.html``.
 
-    Returns ``(results, out_dir)``. Steps that fail are skipped with their dependents
-    and everything else still runs; then :class:`StudyIncomplete` (exit code 3) is
-    raised, except for a ``partial`` kind whose first entry finished: its results and
-    report list the failures under ``failed`` (the CLI still exits with 3).
+    Every step and measurement runs on ``device`` (default: the spec's ``device``) with
+    ``deterministic`` (default: the spec's); ``results["runtime"]`` records the device,
+    its name, torch and CUDA versions and the determinism flag. Returns
+    ``(results, out_dir)``. Steps that fail are skipped with their dependents and
+    everything else still runs; then :class:`StudyIncomplete` (exit code 3) is raised,
+    except for a ``partial`` kind whose first entry finished: its results and report
+    list the failures under ``failed`` (the CLI still exits with 3).
     """
     kind = study_kind(spec.kind)
+    runtime = devices.Runtime(device or getattr(spec, "device", "auto"),
+                              getattr(spec, "deterministic", False) if deterministic is None else deterministic)
     t0 = time.perf_counter()
-    entries = kind.expand(spec)
-    preflight(spec, entries)
-    store = RunStore(runs)
-    ran, failed = execute(entries, store, progress)
-    if failed and (not kind.partial or entries[0].name in failed):
-        raise StudyIncomplete(failed)
-    done = [e for e in entries if e.name not in failed]
-    data = next((data_of(e.step.spec) for e in entries if "data" in e.step.spec), None)
-    results = {"study": spec.name, "kind": kind.name, "data": data and data_block(data),
-               "num_threads": torch.get_num_threads(), **kind.collect(spec, done, store, progress), "failed": failed}
+    with devices.using(runtime):
+        entries = kind.expand(spec)
+        preflight(spec, entries)
+        store = RunStore(runs)
+        ran, failed = execute(entries, store, progress)
+        if failed and (not kind.partial or entries[0].name in failed):
+            raise StudyIncomplete(failed)
+        done = [e for e in entries if e.name not in failed]
+        data = next((data_of(e.step.spec) for e in entries if "data" in e.step.spec), None)
+        results = {"study": spec.name, "kind": kind.name, "data": data and data_block(data),
+                   "num_threads": torch.get_num_threads(),
+                   "runtime": devices.describe(runtime.torch_device, deterministic=runtime.deterministic),
+                   **kind.collect(spec, done, store, progress), "failed": failed}
     return results, publish(spec, store, results, ran, kind.report, t0)
 
 

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from compresslab.console import console, echo, table
 from compresslab.errors import UserError
@@ -33,14 +33,14 @@ from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.steps.specs import data_spec, finetune_recipe, prune_spec, train_spec
 from compresslab.study.kinds import Entry, register_study_kind
-from compresslab.study.spec import ModelSpec
+from compresslab.study.spec import ModelSpec, RunOptions
 from compresslab.train.recipe import MAX_EPOCHS, Recipe, Seed
 
 #: Parent statistics correlated with the measured prunability.
 STATISTICS = ("kurtosis_of_kurtoses", "p_star", "safe_amount")
 
 
-class KurtosisSpec(BaseModel):
+class KurtosisSpec(RunOptions):
     """A kurtosis study: models × seeds as parents, a sparsity grid per parent."""
 
     model_config = ConfigDict(extra="forbid")

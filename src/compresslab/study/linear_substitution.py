@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from compresslab.errors import UserError
 from compresslab.report.moonshine import write_moonshine_report
 from compresslab.runs.store import RunStore
 from compresslab.study import moonshine
 from compresslab.study.kinds import Entry, register_study_kind
-from compresslab.study.spec import ModelSpec
+from compresslab.study.spec import ModelSpec, RunOptions
 from compresslab.train.recipe import Recipe, Seed
 
 
-class LinearSubstitutionSpec(BaseModel):
+class LinearSubstitutionSpec(RunOptions):
     """A linear-substitution study (``kind: linear-substitution``)."""
 
     model_config = ConfigDict(extra="forbid")

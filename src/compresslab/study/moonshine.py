@@ -25,12 +25,12 @@ from compresslab.console import console, echo, short, table
 from compresslab.errors import UserError
 from compresslab.measure import compare_logits, cost_report, latency
 from compresslab.report.moonshine import write_moonshine_report
-from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.steps import data_of
+from compresslab.steps.common import load_model
 from compresslab.steps.specs import data_spec, distill_spec, train_spec
 from compresslab.study.kinds import Entry, register_study_kind
-from compresslab.study.spec import ModelSpec
+from compresslab.study.spec import ModelSpec, RunOptions
 from compresslab.train.recipe import Recipe, Seed
 
 MODES = ("scratch", "at", "at+kd")
@@ -42,7 +42,7 @@ class KD(BaseModel):
     temperature: float = Field(4.0, gt=0)
 
 
-class MoonshineSpec(BaseModel):
+class MoonshineSpec(RunOptions):
     """A Moonshine study (``kind: moonshine``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -141,7 +141,7 @@ def collect(spec: MoonshineSpec, entries: list[Entry], store: RunStore, progress
     for e in entries:
         d = store.path(e.step)
         metrics = read_json(d / "metrics.json")
-        model = load_checkpoint(d)[0]
+        model = load_model(d)
         cost = cost_report(model, data.input_shape)  # recounted: not the step's cached numbers
         if spec.latency:
             cost["latency_ms"] = latency(model, data.input_shape)

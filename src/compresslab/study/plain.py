@@ -18,12 +18,12 @@ from pydantic import Field
 from compresslab.console import console, echo, short, table
 from compresslab.measure import compare_logits, latency
 from compresslab.report.html import write_report
-from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import RunStore, Step, canonical_json, read_json
 from compresslab.steps import data_of
+from compresslab.steps.common import load_model
 from compresslab.steps.specs import data_spec, distill_spec, finetune_recipe, prune_spec, quantize_spec, train_spec
 from compresslab.study.kinds import Entry, register_study_kind
-from compresslab.study.spec import Child, DistillChild, ModelSpec, PruneChild, QuantizeChild, Strict, check_children
+from compresslab.study.spec import Child, DistillChild, ModelSpec, PruneChild, QuantizeChild, RunOptions, Strict, check_children
 from compresslab.train.recipe import Recipe, Seed
 
 
@@ -32,7 +32,7 @@ class Controls(Strict):
     student_from_scratch: bool = Field(True, description="train each KD student's architecture with CE only")
 
 
-class StudySpec(Strict):
+class StudySpec(Strict, RunOptions):
     kind: Literal["study"] = Field("study", exclude=True)
     name: str = "study"
     data: str = "mnist1d"
@@ -105,7 +105,7 @@ def collect(spec: StudySpec, entries: list[Entry], store: RunStore, progress=Non
         logits = np.load(d / f"logits_{split}.npy")
         cost = dict(metrics["cost"])
         if spec.latency:
-            model, _ = load_checkpoint(d)
+            model = load_model(d)
             cost["latency_ms"] = latency(model, data.input_shape)
         row = {
             "name": e.name, "role": e.role, "method": e.method, "step": d.name,

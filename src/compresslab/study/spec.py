@@ -20,6 +20,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RunOptions(BaseModel):
+    """How a study runs, for every kind: not part of its identity (left out of the spec's
+    dump and hash), so the same study resumes on another machine or device."""
+
+    device: str = Field("auto", exclude=True, description="auto (CUDA when present, else CPU), cpu, cuda, "
+                        "cuda:N or mps; `compresslab study --device` overrides it")
+    deterministic: bool = Field(False, exclude=True, description="deterministic algorithms: identical weights "
+                                "for the same seed, device and precision, at some speed cost on GPUs")
+
+
 class ModelSpec(Strict):
     name: str
     options: dict = Field(default_factory=dict)
@@ -111,6 +121,31 @@ def validate_spec(cls, raw: object, source: str):
         return cls.model_validate(raw)
     except ValidationError as e:
         raise UserError(validation_message(e, source)) from None
+
+
+def shrink(spec, *, epochs: int | None = None, subset: int | None = None):
+    """``spec`` for a quick smoke run: every epoch count at most ``epochs``, and the data
+    (``data`` fields) a seeded subset of ``subset`` examples (``NAME@N``, see
+    :func:`compresslab.data.load_dataset`). Unchanged without either."""
+    if epochs is None and subset is None:
+        return spec
+    if (epochs is not None and epochs < 0) or (subset is not None and subset < 2):
+        raise UserError("--epochs must be >= 0 and --subset >= 2")
+
+    def walk(node):
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if k in ("epochs", "finetune_epochs") and isinstance(v, int) and epochs is not None:
+                    v = min(v, epochs)
+                elif k == "data" and isinstance(v, str) and subset is not None:
+                    v = f"{v.rpartition('@')[0] if '@' in v else v}@{subset}"
+                out[k] = walk(v)
+            return out
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    raw = walk(spec.model_dump(mode="json"))
+    return type(spec).model_validate({**raw, "device": spec.device, "deterministic": spec.deterministic})
 
 
 def parse_spec(raw: object, *, source: str = "spec"):

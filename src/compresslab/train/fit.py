@@ -1,9 +1,13 @@
 """The training loop, plus evaluation helpers.
 
 ``fit`` is deliberately a plain loop over tensor-indexed batches: same model
-initialisation + recipe + seed give bit-identical weights on CPU, and its per-step
-overhead over a hand-written loop is a few small tensor ops and one ``.item()`` per
-step (see ``benchmarks/train_throughput.py``).
+initialisation + recipe + seed give bit-identical weights on CPU (and on CUDA under
+deterministic algorithms). It trains where the model is: the data move to that device
+once, and batch order and augmentation are drawn there by a generator on the device. On
+CPU its per-step overhead over a hand-written loop is a few small tensor ops and one
+``.item()``; on CUDA the loss is read back only every ``check_every`` steps, so the
+host never waits for the GPU in between (see ``benchmarks/train_throughput.py`` and
+``benchmarks/gpu_throughput.py``).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from compresslab.data.core import Dataset, augment, batches
+from compresslab.device import model_device, precision_flags
 from compresslab.errors import UserError
 from compresslab.train.losses import Loss, StepContext, Term, compose_loss
 from compresslab.train.recipe import Recipe
@@ -48,10 +53,31 @@ def native_bf16() -> bool:
         return False
 
 
+#: On CUDA, steps between loss read-backs (the NaN check and the progress events).
+CHECK_EVERY = 50
+#: A run whose train accuracy is still at chance after this many epochs, with a flat
+#: loss, has collapsed (see :func:`_collapsed`).
+HEALTH_EPOCHS = 3
+
+
 def _nan_message(value: float, epoch: int, step: int, global_step: int) -> str:
     what = "nan" if math.isnan(value) else "inf"
     return (f"loss became {what} at epoch {epoch}, step {step} (global step {global_step}); "
             "lower the learning rate or check the data")
+
+
+def _collapsed(history: list[dict[str, float]], num_classes: int) -> str | None:
+    """A one-line reason when training has silently collapsed: after :data:`HEALTH_EPOCHS`
+    epochs the train accuracy is within 10% of chance and the loss moved by under 1%."""
+    if len(history) != HEALTH_EPOCHS or num_classes < 2:
+        return None
+    first, last = history[0]["loss"], history[-1]["loss"]
+    chance = 1.0 / num_classes
+    if history[-1]["acc"] <= 1.1 * chance and abs(last - first) <= 0.01 * abs(first):
+        return (f"training collapsed: train accuracy {100 * history[-1]['acc']:.1f}% is at chance "
+                f"({100 * chance:.1f}%) after {HEALTH_EPOCHS} epochs with a flat loss ({first:.4f} -> {last:.4f}); "
+                "lower the learning rate, change the optimizer, or check the labels")
+    return None
 
 
 def _sum_over_ranks(loss_sum: float, correct: torch.Tensor, seen: int) -> tuple[float, torch.Tensor, int]:
@@ -78,6 +104,8 @@ def fit(
     max_steps: int | None = None,
     weight_decay_scale: dict[str, float] | None = None,
     shard: tuple[int, int] | None = None,
+    check_every: int | None = None,
+    health: bool = True,
 ) -> FitResult:
     """Train ``model`` in place on ``data.x_train`` / ``data.y_train`` following ``recipe``.
 
@@ -102,21 +130,36 @@ def fit(
       the averaged gradient is that of the whole batch. Step events describe this rank's
       slices; under an initialised process group the history sums over all ranks.
 
-    ``recipe.precision == "fast"``: 4-D inputs and the model go channels_last, and the
-    forward runs under bf16 autocast when the CPU supports bf16 natively
-    (:func:`native_bf16`); weights, loss and logits stay float32, and the model is
-    returned in contiguous memory format.
+    Training runs on the model's device; ``data`` moves there once (a no-op when it is
+    there already). Precision (``recipe.precision``):
 
-    A non-finite loss raises :class:`UserError` before its optimizer step; parameters,
-    buffers (BatchNorm statistics) and optimizer state are those of the previous step.
+    - ``fp32``: true fp32 (TF32 off on CUDA); ``tf32``: TF32 matmuls and convolutions on CUDA;
+    - ``fast``: 4-D inputs and the model go channels_last, and the forward runs under bf16
+      autocast on CUDA, and on CPUs that support bf16 natively (:func:`native_bf16`);
+      weights, loss and logits stay float32, and the model is returned in contiguous
+      memory format.
+
+    A non-finite loss raises :class:`UserError`. On CPU it is caught before its optimizer
+    step: parameters, buffers (BatchNorm statistics) and optimizer state are those of the
+    previous step. With ``check_every`` > 1 (default on CUDA: :data:`CHECK_EVERY`; on CPU: 1)
+    the loss is read back every ``check_every`` steps and at each epoch's end: the error
+    names the first bad step, but up to ``check_every - 1`` further steps have already
+    changed the model (a failed step saves nothing anyway).
+    Running out of device memory is a :class:`UserError` naming the batch size.
+
+    ``health``: after :data:`HEALTH_EPOCHS` epochs (when the recipe has more), a train
+    accuracy at chance with a flat loss stops training with a :class:`UserError` instead of
+    finishing a collapsed run.
     """
+    device = model_device(model)
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
     if isinstance(loss, Loss):
         loss_fn = loss
     else:
         loss_fn = compose_loss(loss or {"ce": 1.0}, terms, label_smoothing=recipe.label_smoothing)
 
+    data = data.to(device)
     x, y = data.x_train, data.y_train
     n = int(y.shape[0])
     if n == 0:
@@ -141,7 +184,10 @@ def fit(
     flip = recipe.augment == "crop-flip" and x.dim() == 4
     fast = recipe.precision == "fast"
     channels_last = fast and x.dim() == 4
-    bf16 = fast and native_bf16()
+    bf16 = fast and (device.type == "cuda" or (device.type == "cpu" and native_bf16()))
+    if check_every is None:  # on CPU reading the loss is not a device sync
+        check_every = 1 if device.type == "cpu" else CHECK_EVERY
+    check_every = max(1, check_every)
 
     if callback is not None:
         callback({"event": "start", "epochs": recipe.epochs, "steps_per_epoch": steps_per_epoch,
@@ -172,19 +218,20 @@ def fit(
         # step's values so a failing step can be undone.
         buffers = list(model.buffers())
         saved = [b.clone() for b in buffers]
-        amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         capture = contextlib.nullcontext({})
         if loss_fn.feature_points:
             from compresslab.models import capture_features
 
             capture = capture_features(model, loss_fn.feature_points)
 
-        with capture as features:
+        with capture as features, precision_flags(recipe.precision, device):
             for epoch in range(1, recipe.epochs + 1):
                 t0 = time.perf_counter()
                 seen = 0
                 loss_sum = 0.0
-                correct = torch.zeros((), dtype=torch.long)  # read back at epoch end (or by the callback)
+                correct = torch.zeros((), dtype=torch.long, device=device)  # read back at epoch end
+                window: list[tuple[torch.Tensor, int, int, int]] = []  # CUDA: (loss, batch, step, global step)
                 for step, (idx, xb, yb) in enumerate(batches(x, y, bs, shuffle=True, generator=gen), 1):
                     if shard is not None and yb.shape[0] < world:
                         break  # a tail batch too small to split: every rank drops it
@@ -200,33 +247,47 @@ def fit(
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     if buffers:
                         torch._foreach_copy_(saved, buffers)
-                    with amp():
-                        out = model(xb)
-                    logits = out.float()
-                    ctx = StepContext(model, xb, yb, idx, logits, features, epoch, step, global_step)
-                    total, _ = loss_fn(ctx)
-                    loss_v = total.item()  # the step's one read-back (on CPU not a device sync)
-                    if not math.isfinite(loss_v):
-                        if buffers:
-                            torch._foreach_copy_(buffers, saved)
-                        raise UserError(_nan_message(loss_v, epoch, step, global_step))
-                    optimizer.zero_grad(set_to_none=True)
-                    (total if weight == 1.0 else total * weight).backward()
-                    optimizer.step()
+                    nb = yb.shape[0]
+                    try:
+                        with amp():
+                            out = model(xb)
+                        logits = out.float()
+                        ctx = StepContext(model, xb, yb, idx, logits, features, epoch, step, global_step)
+                        total, _ = loss_fn(ctx)
+                        if check_every == 1:
+                            loss_v = total.item()  # the step's one read-back (on CPU not a device sync)
+                            if not math.isfinite(loss_v):
+                                if buffers:
+                                    torch._foreach_copy_(buffers, saved)
+                                raise UserError(_nan_message(loss_v, epoch, step, global_step))
+                            loss_sum += loss_v * nb
+                        else:
+                            window.append((total.detach(), nb, step, global_step))
+                        optimizer.zero_grad(set_to_none=True)
+                        (total if weight == 1.0 else total * weight).backward()
+                        optimizer.step()
+                    except torch.OutOfMemoryError as e:
+                        raise UserError(f"out of {device.type} memory at batch size {bs} "
+                                        f"({str(e).splitlines()[0][:120]}); use a smaller batch size, "
+                                        f"e.g. --batch-size {max(1, bs // 2)}") from None
                     scheduler.step()
                     if after_step is not None:
                         after_step(model)
 
-                    nb = yb.shape[0]
                     seen += nb
-                    loss_sum += loss_v * nb
                     correct.add_((logits.detach().argmax(1) == yb).sum())
-                    if callback is not None:
+                    last = global_step >= total_steps or step == steps_per_epoch
+                    if window and (len(window) >= check_every or last):
+                        summed, loss_v = _drain(window, epoch)
+                        loss_sum += summed
+                    if callback is not None and (check_every == 1 or not window):
                         callback({"event": "step", "epoch": epoch, "step": step, "loss": loss_v,
                                   "acc": correct.item() / seen,
                                   "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
                     if global_step >= total_steps:
                         break
+                if window:  # a DDP tail batch ended the epoch early
+                    loss_sum += _drain(window, epoch)[0]
                 seconds = time.perf_counter() - t0
                 if shard is not None:
                     loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, seen)
@@ -237,6 +298,10 @@ def fit(
                     callback({"event": "epoch", **record})
                 if global_step >= total_steps:
                     break
+                if health and recipe.epochs > HEALTH_EPOCHS:
+                    reason = _collapsed(history, data.num_classes)
+                    if reason:
+                        raise UserError(reason)
     finally:
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
@@ -244,15 +309,33 @@ def fit(
     return FitResult(history, time.perf_counter() - t_fit, global_step)
 
 
+def _drain(window: list[tuple[torch.Tensor, int, int, int]], epoch: int) -> tuple[float, float]:
+    """Read back a window of step losses at once (one device sync) and empty it: their
+    batch-weighted sum and the last loss, or a :class:`UserError` naming the first
+    non-finite one."""
+    losses = torch.stack([w[0] for w in window]).double().cpu()
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        _, _, step, global_step = window[i]
+        raise UserError(_nan_message(float(losses[i]), epoch, step, global_step))
+    summed = float((losses * torch.tensor([w[1] for w in window], dtype=torch.float64)).sum())
+    window.clear()
+    return summed, float(losses[-1])
+
+
 def evaluate_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """float32 logits of ``model`` on ``x`` in eval mode (the train/eval flag is restored)."""
+    """float32 logits of ``model`` on ``x`` in eval mode (the train/eval flag is restored).
+    Batches run on the model's device; the logits come back on ``x``'s."""
     was_training = model.training
     model.eval()
+    dev = model_device(model)
     try:
         with torch.inference_mode():
-            outs = [model(x[i:i + batch_size]).float() for i in range(0, x.shape[0], batch_size)]
+            outs = [model(x[i:i + batch_size].to(dev)).float().to(x.device)
+                    for i in range(0, x.shape[0], batch_size)]
             if not outs:
-                outs = [model(x[:0]).float()]
+                outs = [model(x[:0].to(dev)).float().to(x.device)]
     finally:
         model.train(was_training)
     return torch.cat(outs)  # outside inference mode: a normal tensor usable in autograd code

@@ -55,7 +55,9 @@ class Recipe(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: Literal["none", "crop", "crop-flip"] = "none"
     crop_padding: int = Field(4, ge=0)
-    precision: Literal["fp32", "fast"] = "fp32"
+    precision: Literal["fp32", "tf32", "fast"] = Field(
+        "fp32", description="fp32 (true fp32, TF32 off), tf32 (TF32 matmuls on CUDA), or fast (bf16 autocast + "
+        "channels_last on CUDA, and on CPUs with native bf16)")
 
     @field_validator("milestones")
     @classmethod
