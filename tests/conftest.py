@@ -1,6 +1,20 @@
 import os
 
 import pytest
+import torch
+
+#: Device-parametrised tests run on the CPU everywhere and on CUDA where a GPU exists.
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """``cuda``-marked tests skip cleanly without a GPU (select them with ``-m cuda``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -87,7 +87,7 @@ def load_recipe(recipe_file: Path | None, overrides: dict) -> Recipe:
 @on_device
 def train_model(model: str, data: str, *, options: dict | None = None, recipe_file: Path | None = None,
                 overrides: dict | None = None, seed: int = 0, val_fraction: float = 0.1,
-                runs: str | Path = "runs", progress=None, nproc: int = 1) -> dict:
+                runs: str | Path = "runs", progress=None, nproc: int = 1, sync_bn: bool = False) -> dict:
     """Train ``model`` on ``data`` as a run-store step; returns the checkpoint path and metrics.
 
     The checkpoint directory is named by a hash of the full spec, so the same call twice
@@ -105,7 +105,12 @@ def train_model(model: str, data: str, *, options: dict | None = None, recipe_fi
         raise UserError(f"--nproc {nproc}: each batch is split over the processes, so the batch size "
                         f"({recipe.batch_size}) and the training split ({ds.sizes()['train']}) need at least "
                         f"{nproc} examples")
-    spec = train_spec(data_spec(data, val_fraction, seed), model_s, recipe, seed, nproc=nproc)
+    dev = devices.current().torch_device
+    if sync_bn and (nproc < 2 or dev.type != "cuda"):
+        raise UserError("--sync-bn synchronises BatchNorm across GPUs: it needs --nproc 2 or more and --device cuda")
+    if nproc > 1 and dev.type == "cuda" and nproc > devices.cuda_count():
+        raise UserError(f"--nproc {nproc} on CUDA runs one process per GPU; this machine has {devices.cuda_count()}")
+    spec = train_spec(data_spec(data, val_fraction, seed), model_s, recipe, seed, nproc=nproc, sync_bn=sync_bn)
     step = Step("train", spec, label=model)
     if nproc == 1:
         out, ran = _run(step, {}, runs, progress, f"train {model}")
@@ -115,7 +120,7 @@ def train_model(model: str, data: str, *, options: dict | None = None, recipe_fi
         from compresslab.steps.distributed import launch
 
         with _task(progress, f"train {model}") as callback:
-            r = launch({"spec": spec, "label": model, "runs": str(runs)}, nproc, callback)
+            r = launch({"spec": spec, "label": model, "runs": str(runs), "device": str(dev)}, nproc, callback)
         out, ran = Path(r["checkpoint"]), r["ran"]
     metrics = read_json(out / "metrics.json")
     return {"checkpoint": str(out), "reused": not ran, "accuracy": metrics["accuracy"],
@@ -124,17 +129,19 @@ def train_model(model: str, data: str, *, options: dict | None = None, recipe_fi
 
 def run_study(spec: str | Path | None = None, *, preset: str | None = None, runs: str | Path = "runs",
               progress=None, execution=None, device: str | None = None, deterministic: bool | None = None,
-              epochs: int | None = None, subset: int | None = None) -> tuple[dict, Path]:
+              data: str | None = None, epochs: int | None = None, subset: int | None = None,
+              latency: bool | None = None) -> tuple[dict, Path]:
     """Run (or resume) a study from a YAML file or a preset (default: the ``default`` preset).
     ``execution`` (:class:`~compresslab.steps.executor.Execution`) picks the executor;
-    ``device`` and ``deterministic`` override the spec's; ``epochs`` and ``subset`` shrink
-    it for a smoke run (:func:`compresslab.study.spec.shrink`).
+    ``device`` and ``deterministic`` override the spec's; ``data`` replaces its dataset, and
+    ``epochs``, ``subset`` and ``latency`` shrink it for a smoke run
+    (:func:`compresslab.study.spec.adjust`).
     Returns ``(results, output directory)``; see :func:`compresslab.study.run_kind`."""
     from compresslab.steps.executor import Execution, using
     from compresslab.study import load_spec, run_kind
-    from compresslab.study.spec import shrink
+    from compresslab.study.spec import adjust
 
-    s = shrink(load_spec(spec, preset=preset), epochs=epochs, subset=subset)
+    s = adjust(load_spec(spec, preset=preset), data=data, epochs=epochs, subset=subset, latency=latency)
     with using(execution or Execution()):
         return run_kind(s, runs, progress=progress, device=device, deterministic=deterministic)
 

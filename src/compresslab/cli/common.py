@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from compresslab import device as devices
 from compresslab.console import print_pairs  # noqa: F401  (the commands' key/value tables)
+from compresslab.device import DEVICE_HELP
 from compresslab.errors import UserError
 
 app = typer.Typer(
@@ -30,6 +32,10 @@ PRESETS = Path(__file__).parent.parent / "study" / "presets"
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Runs = Annotated[Path, typer.Option("--runs", help=RUNS_HELP)]
+Device = Annotated[str, typer.Option("--device", help="Where to train and measure: " + DEVICE_HELP)]
+Deterministic = Annotated[bool, typer.Option(
+    "--deterministic", help="Deterministic algorithms: the same weights for the same seed, device and precision "
+    "(slower on GPUs; on CPU results are reproducible anyway).")]
 RecipeFile = Annotated[Optional[Path], typer.Option("--recipe", help="YAML file of recipe fields (optimizer, lr, schedule, epochs, ...).")]
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Override the recipe's epochs.")]
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Override the recipe's learning rate.")]
@@ -44,6 +50,11 @@ def seed_option(help: str):
 def data_option(help: str = DATA_HELP):
     """``--data``/``-d``: a dataset name; ``help`` says what the command uses it for."""
     return Annotated[str, typer.Option("--data", "-d", help=help)]
+
+
+def on(device: str, deterministic: bool = False):
+    """The block runs under this device and determinism (for functions without ``device=``)."""
+    return devices.using(devices.Runtime(device, deterministic))
 
 
 def emit(obj: dict, as_json: bool, human) -> None:

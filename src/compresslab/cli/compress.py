@@ -8,6 +8,8 @@ import typer
 
 from compresslab.cli.common import (
     BatchSize,
+    Deterministic,
+    Device,
     Epochs,
     Json,
     Lr,
@@ -16,6 +18,7 @@ from compresslab.cli.common import (
     app,
     data_option,
     emit,
+    on,
     parse_bits,
     parse_count,
     parse_loss,
@@ -41,6 +44,8 @@ def prune(
     seed: seed_option("Seed for fine-tuning order (and random pruning); also the val split's.") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
+    device: Device = "auto",
+    deterministic: Deterministic = False,
     as_json: Json = False,
 ):
     """Prune a checkpoint by magnitude, fine-tune with masks kept, print the child's directory.
@@ -61,7 +66,8 @@ def prune(
     with RichProgress(quiet=quiet) as progress:
         result = prune_checkpoint(checkpoint, data, amount=auto or amount, method=method, scope=scope,
                                   importance=importance, global_channels=global_channels,
-                                  finetune_epochs=finetune_epochs, lr=lr, seed=seed, runs=runs, progress=progress)
+                                  finetune_epochs=finetune_epochs, lr=lr, seed=seed, runs=runs, progress=progress,
+                                  device=device, deterministic=deterministic)
     emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
 
 
@@ -83,6 +89,8 @@ def quantize(
     seed: seed_option("Seed for calibration batches and QAT; also the val split's.") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
+    device: Device = "auto",
+    deterministic: Deterministic = False,
     as_json: Json = False,
 ):
     """Quantise a checkpoint; report accuracy, bits, BOPs, latency and fidelity to the parent.
@@ -111,7 +119,8 @@ def quantize(
                                      act_bits=parse_bits(act_bits, "--act-bits"), per_channel=per_channel,
                                      symmetric=not asymmetric, observer=observer, percentile=percentile,
                                      calib_batches=calib_batches, calib_batch_size=calib_batch_size, epochs=epochs,
-                                     lr=lr, seed=seed, runs=runs, progress=progress)
+                                     lr=lr, seed=seed, runs=runs, progress=progress, device=device,
+                                     deterministic=deterministic)
 
     def human(r):
         c, p, v = r["cost"], r["parent_cost"], r["vs_parent"]
@@ -141,6 +150,7 @@ def export(
     calib_batches: int = typer.Option(8, "--calib-batches", help="Training batches for static int8 calibration."),
     seed: seed_option("Seed of the val split and the calibration batches.") = 0,
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip the ONNX Runtime timing."),
+    device: Device = "auto",
     as_json: Json = False,
 ):
     """Export a checkpoint to ONNX; check parity and time it in ONNX Runtime (fp32 and int8).
@@ -158,8 +168,9 @@ def export(
     """
     from compresslab.export import export_checkpoint
 
-    result = export_checkpoint(checkpoint, onnx, data, int8=int8, int8_scheme=int8_scheme, calib_batches=calib_batches,
-                               seed=seed, with_latency=not no_latency)
+    with on(device):
+        result = export_checkpoint(checkpoint, onnx, data, int8=int8, int8_scheme=int8_scheme, calib_batches=calib_batches,
+                                   seed=seed, with_latency=not no_latency)
 
     def human(r):
         rows = [("wrote", f"{r['onnx']} ({r['format']}, {r['bytes'][r['format']]:,} bytes)"),
@@ -196,6 +207,8 @@ def distill(
     seed: seed_option("Student seed (init, batch order; noise and untrained teachers too).") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
+    device: Device = "auto",
+    deterministic: Deterministic = False,
     as_json: Json = False,
 ):
     """Distil a student from a teacher; print its accuracy and how far its function is from the teacher's.
@@ -223,7 +236,7 @@ def distill(
         result = distill_checkpoint(checkpoint, student, data, options=parse_options(option), loss=parse_loss(loss),
                                     temperature=temperature, teacher_kind=teacher_kind, noise=noise,
                                     at_points=points(at_point), hint_points=points(hint_point),
-                                    recipe_file=recipe, overrides=overrides, seed=seed, runs=runs, progress=progress)
+                                    recipe_file=recipe, overrides=overrides, seed=seed, runs=runs, progress=progress, device=device, deterministic=deterministic)
 
     def human(r):
         f = r["vs_teacher"]
@@ -248,6 +261,8 @@ def substitute(
     seed: seed_option("Student seed.") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
+    device: Device = "auto",
+    deterministic: Deterministic = False,
     as_json: Json = False,
 ):
     """Moonshine: make one cheap student of a WRN teacher (same architecture, every 3x3 conv a cheap block).
@@ -265,7 +280,7 @@ def substitute(
 
     with RichProgress(quiet=quiet) as progress:
         result = substitute_checkpoint(checkpoint, block, data, mode=loss, beta=beta, epochs=epochs, seed=seed,
-                                       runs=runs, progress=progress)
+                                       runs=runs, progress=progress, device=device, deterministic=deterministic)
 
     def human(r):
         f = r["vs_teacher"]
@@ -294,6 +309,8 @@ def blockswap(
     seed: seed_option("Seed for sampling, initialisation and the minibatch.") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
+    device: Device = "auto",
+    deterministic: Deterministic = False,
     as_json: Json = False,
 ):
     """BlockSwap: choose a mix of cheap blocks on a parameter budget by Fisher potential at initialisation.
@@ -314,7 +331,7 @@ def blockswap(
         result = blockswap_checkpoint(checkpoint, data, budget=parse_count(budget), samples=samples,
                                       blocks=block or None, batch=batch, seed=seed, csv_path=csv_path,
                                       distill=distill_best, validate=validate, validate_epochs=validate_epochs,
-                                      runs=runs, progress=progress)
+                                      runs=runs, progress=progress, device=device, deterministic=deterministic)
 
     def human(r):
         rows = [("candidates", f"{r['n_candidates']:,} ({r['draws']:,} draws)"),
@@ -375,6 +392,8 @@ def lottery(
     seed: seed_option("Seed for init, data order and the validation split.") = 0,
     out: Path = typer.Option(Path("runs/lottery"), "--out", help="Directory for lottery.json and lottery.png."),
     quiet: Quiet = False,
+    device: Device = "auto",
+    deterministic: Deterministic = False,
     as_json: Json = False,
 ):
     """Lottery tickets: iterative magnitude pruning with rewinding, a random-reinit control, and LMC.
@@ -392,7 +411,7 @@ def lottery(
     from compresslab.study.lottery import run_lottery
 
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None}
-    with RichProgress(quiet=quiet) as progress:
+    with RichProgress(quiet=quiet) as progress, on(device, deterministic):
         result = run_lottery(model, data, options=parse_options(option), recipe=load_recipe(recipe, overrides),
                              rounds=rounds, rate=rate, rewind_epoch=rewind_epoch, seed=seed, control=control,
                              lmc=lmc, out=out, callback=progress)

@@ -7,6 +7,8 @@ import typer
 
 from compresslab.cli.common import (
     BatchSize,
+    Deterministic,
+    Device,
     Epochs,
     Json,
     Lr,
@@ -37,8 +39,11 @@ def train(
     seed: seed_option("Seed for init, batch order and the validation split.") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
+    device: Device = "auto",
+    deterministic: Deterministic = False,
     as_json: Json = False,
-    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torch DDP through torchrun, gloo on CPU); each batch is split over them. 1 trains in this process."),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torch DDP through torchrun: gloo on CPU, NCCL with one GPU per process on CUDA); each batch is split over them. 1 trains in this process."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="With --nproc on CUDA: BatchNorm statistics over the whole batch (SyncBatchNorm) instead of each process's slice."),
 ):
     """Train a model; print its checkpoint directory.
 
@@ -54,7 +59,8 @@ def train(
                                    "precision": precision}.items() if v is not None}
     with RichProgress(quiet=quiet) as progress:
         result = train_model(model, data, options=parse_options(option), recipe_file=recipe,
-                             overrides=overrides, seed=seed, runs=runs, progress=progress, nproc=nproc)
+                             overrides=overrides, seed=seed, runs=runs, progress=progress, nproc=nproc, sync_bn=sync_bn,
+                             device=device, deterministic=deterministic)
     emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
 
 
@@ -68,6 +74,7 @@ def info(
     option: List[str] = typer.Option([], "--option", "-o", help="With --model: option KEY=VALUE, repeatable."),
     bits: Optional[int] = typer.Option(None, "--bits", min=1, max=32, help="Weight and activation bits for bytes and BOPs (default: the checkpoint's, else 32)."),
     with_latency: bool = typer.Option(False, "--latency", help="Also measure CPU latency at batch 1 and 256."),
+    device: Device = "auto",
     as_json: Json = False,
 ):
     """Cost of a model: params, nonzero params, MACs, BOPs, bytes [, latency].
@@ -86,7 +93,7 @@ def info(
     shape = parse_shape(input_shape) if input_shape else None
     result = model_info(checkpoint=checkpoint, model=model, num_classes=num_classes,
                         in_channels=in_channels or (shape[0] if shape else 1), input_shape=shape,
-                        options=parse_options(option), bits=bits, with_latency=with_latency)
+                        options=parse_options(option), bits=bits, with_latency=with_latency, device=device)
     rows = [(k, num(result[k])) for k in ("params", "nonzero_params", "macs", "bops", "bytes") if result[k] is not None]
     rows += [(f"latency_ms {k}", f"{v:.3f}") for k, v in result.get("latency_ms", {}).items()]
 
@@ -103,6 +110,7 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory (with model.json)."),
     data: data_option("Dataset name (as for train).") = ...,
     seed: seed_option("Seed of the validation split (use the training seed).") = 0,
+    device: Device = "auto",
     as_json: Json = False,
 ):
     """Accuracy and loss of a checkpoint on each split.
@@ -113,7 +121,7 @@ def evaluate(
     """
     from compresslab.api import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, data, seed=seed)
+    result = evaluate_checkpoint(checkpoint, data, seed=seed, device=device)
     rows = [(f"{s} accuracy", f"{100 * v['accuracy']:.2f}%") for s, v in result["splits"].items()]
     emit(result, as_json, lambda r: print_pairs(str(checkpoint), rows))
 
@@ -125,6 +133,7 @@ def compare(
     data: data_option("Dataset name.") = ...,
     split: str = typer.Option("test", "--split", help="val or test."),
     seed: seed_option("Seed of the validation split.") = 0,
+    device: Device = "auto",
     as_json: Json = False,
 ):
     """Functional similarity of two checkpoints on the same inputs.
@@ -138,6 +147,6 @@ def compare(
     """
     from compresslab.api import compare_checkpoints
 
-    result = compare_checkpoints(a, b, data, split=split, seed=seed)
+    result = compare_checkpoints(a, b, data, split=split, seed=seed, device=device)
     emit(result, as_json, lambda r: print_pairs(f"{a.name} vs {b.name} ({split})",
                                             [(k, f"{v:.4f}") for k, v in r.items()]))

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from compresslab.cli.common import (
+    DEVICE_HELP,
     PRESETS,
     RUNS_HELP,
     Json,
@@ -27,7 +28,13 @@ def study(
     workers: int = typer.Option(1, "--workers", help="local: steps run in this many worker processes, each as soon as its parents are done."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: auto or HOST:PORT of an existing cluster (default: start a local one)."),
     cpus_per_step: int = typer.Option(1, "--cpus-per-step", help="ray: CPUs each step asks for (also its torch threads)."),
-    gpus_per_step: float = typer.Option(0.0, "--gpus-per-step", help="ray: GPUs each step asks for."),
+    gpus_per_step: float = typer.Option(0.0, "--gpus-per-step", help="ray: GPUs each step asks for; a fraction (0.25) packs several steps on one GPU."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where every step trains and measures (default: the spec's `device`, else auto): " + DEVICE_HELP),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--nondeterministic", help="Deterministic algorithms (default: the spec's `deterministic`, else off)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Replace the spec's dataset, e.g. cifar10:/path/to/cifar-10-batches-py for the -cifar10 presets."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Smoke run: at most this many epochs in every recipe and fine-tuning."),
+    subset: Optional[int] = typer.Option(None, "--subset", help="Smoke run: a seeded subset of this many training (and at most as many test) examples."),
+    latency: Optional[bool] = typer.Option(None, "--latency/--no-latency", help="Measure every model's latency (default: the spec's `latency`)."),
     quiet: Quiet = False,
     as_json: Json = False,
 ):
@@ -48,6 +55,8 @@ def study(
       compresslab study --preset compression-functional   # KD, pruning, quantisation vs retrains
       compresslab study my-study.yaml --runs /scratch/runs --workers 2
       compresslab study my-study.yaml --executor ray --ray-address auto --runs s3://bucket/runs
+      compresslab study --preset moonshine-cifar10 --device cuda          # the paper's scale, on a GPU
+      compresslab study --preset moonshine-cifar10 --epochs 1 --subset 512 --device cpu   # a smoke run
     """
     from compresslab.api import run_study
     from compresslab.progress import RichProgress
@@ -56,7 +65,9 @@ def study(
 
     execution = Execution(executor, workers, ray_address, cpus_per_step, gpus_per_step)
     with RichProgress(quiet=quiet) as progress:
-        results, out = run_study(spec, preset=preset, runs=runs, progress=progress, execution=execution)
+        results, out = run_study(spec, preset=preset, runs=runs, progress=progress, execution=execution,
+                                 device=device, deterministic=deterministic, data=data, epochs=epochs,
+                                 subset=subset, latency=latency)
     if as_json:
         typer.echo(json.dumps(results, indent=2, sort_keys=True))
     else:

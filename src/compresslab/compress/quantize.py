@@ -255,7 +255,8 @@ def _calibrating(model: nn.Module):
 
 
 def calibration_batches(x: torch.Tensor, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """``batches`` random training batches (without replacement while the data lasts)."""
+    """``batches`` random training batches, without replacement: at most one pass over ``x``
+    (repeating examples would not change the observed ranges, only cost time)."""
     if not (1 <= batches <= MAX_CALIB_BATCHES and 1 <= batch_size <= MAX_CALIB_BATCH):
         raise UserError(f"calibration takes 1 to {MAX_CALIB_BATCHES:,} batches of 1 to {MAX_CALIB_BATCH:,} examples, "
                         f"got {batches} x {batch_size}")
@@ -263,8 +264,8 @@ def calibration_batches(x: torch.Tensor, batches: int, batch_size: int, seed: in
         raise UserError("calibration needs training data, but the training split is empty")
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
-    need = batches * batch_size
-    order = order.repeat(need // len(x) + 1)[:need]
+    need = min(batches * batch_size, len(x))
+    order = order[:need].to(x.device)
     return [x[order[i:i + batch_size]] for i in range(0, need, batch_size)]
 
 

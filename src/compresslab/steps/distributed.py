@@ -81,7 +81,7 @@ def _params_sha256(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in model.named_parameters():
         h.update(name.encode())
-        h.update(p.detach().contiguous().numpy().tobytes())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -95,13 +95,19 @@ def _train(payload: dict, rank: int, world: int) -> None:
 
     step = Step("train", payload["spec"], label=payload["label"])
     s = step.spec
-    data = data_of(s)
-    model = build(s["model"], data, s["seed"])
+    device = torch.device("cpu")
+    if payload.get("device", "cpu").startswith("cuda"):  # one GPU per rank, NCCL between them
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
+        torch.cuda.set_device(device)
+    data = data_of(s, device)
+    model = build(s["model"], data, s["seed"]).to(device)
+    if s.get("sync_bn"):  # BatchNorm statistics over the global batch, not each rank's slice
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     recipe = Recipe(**s["recipe"])
     wd = wd_scales(s, model)
     if recipe.precision == "fast" and data.x_train.dim() == 4:
         model.to(memory_format=torch.channels_last)  # before DDP builds its gradient buckets
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     events = rank == 0 and payload.get("events")
     callback = (lambda e: print(_EVENT + json.dumps(e), flush=True)) if events else None
     result = fit(ddp, data, recipe, loss=s.get("loss"), seed=s["seed"], callback=callback,
@@ -110,7 +116,12 @@ def _train(payload: dict, rank: int, world: int) -> None:
     if os.environ.get(HASH_ENV):
         Path(os.environ[HASH_ENV], f"rank{rank}.sha256").write_text(_params_sha256(model) + "\n")
     if rank == 0:
-        out, ran = RunStore(payload["runs"]).run(step, lambda d: finish_model(d, model, data, extra=history(result)))
+        if s.get("sync_bn"):  # the checkpoint holds the plain architecture, with the trained weights
+            plain = build(s["model"], data, s["seed"]).to(device)
+            plain.load_state_dict(model.state_dict())
+            model = plain
+        out, ran = RunStore(payload["runs"]).run(step, lambda d: finish_model(d, model, data, extra=history(result),
+                                                                             precision=recipe.precision))
         write_json(Path(payload["result"]), {"checkpoint": str(out), "ran": ran})
     dist.barrier()
 

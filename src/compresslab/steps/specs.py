@@ -41,12 +41,15 @@ def finetune_recipe(recipe: Recipe | dict, *, epochs: int, lr: float, batch_size
     return checked if validated else out
 
 
-def train_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, nproc: int = 1,
+def train_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, nproc: int = 1, sync_bn: bool = False,
                scale_substitute_wd: bool = False) -> dict:
-    """Train ``model`` from scratch with cross-entropy (``nproc`` > 1: data-parallel)."""
+    """Train ``model`` from scratch with cross-entropy (``nproc`` > 1: data-parallel, with
+    ``sync_bn`` BatchNorm statistics synchronised across the processes)."""
     spec = {"data": data, "model": model, "recipe": _recipe(recipe), "seed": seed}
     if nproc > 1:
         spec["nproc"] = nproc
+    if sync_bn:
+        spec["sync_bn"] = True
     if scale_substitute_wd:
         spec["scale_substitute_wd"] = True
     return spec

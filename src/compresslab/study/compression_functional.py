@@ -25,6 +25,7 @@ independent baseline as a band).
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -190,12 +191,17 @@ def analyse(spec: CompressionFunctionalSpec, rows: list[dict]) -> dict:
     names = list(dict.fromkeys(r["name"] for r in rows))
     by_name = {n: [r for r in rows if r["name"] == n] for n in names}
 
+    undefined: dict[str, int] = {}
+
     def vals(group, metric):
+        """The defined values (a metric can be undefined, e.g. kappa when both models predict one class)."""
         out = []
         for r in group:
             v = r["accuracy"] if metric == "accuracy" else r["function"].get(metric)
-            if v is not None:
+            if v is not None and math.isfinite(v):
                 out.append(v)
+            elif v is not None:
+                undefined[metric] = undefined.get(metric, 0) + 1
         return out
 
     summaries = {}
@@ -209,7 +215,7 @@ def analyse(spec: CompressionFunctionalSpec, rows: list[dict]) -> dict:
                 else None
         summaries[n] = summ
 
-    notes = []
+    notes = [f"{metric}: {n} undefined (NaN) values left out" for metric, n in undefined.items()]
     if not any(r.get("cka_points") for r in rows):
         notes.append("CKA not measured: the parent exposes no feature points (name some with cka_points)")
     comparisons = []

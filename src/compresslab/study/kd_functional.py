@@ -31,6 +31,7 @@ Outputs: ``runs/studies/<name>-<hash12>/results.json`` and ``report.html``.
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -270,7 +271,8 @@ def analyse(spec: KDFunctionalSpec, rows: list[dict], pairwise: dict) -> dict:
     reported = ["accuracy", *[m for m in METRICS if not (m == "adversarial_transfer" and spec.adversarial is None)]]
 
     def values(group: list[dict], metric: str) -> list[float]:
-        return [r[metric] for r in group if r.get(metric) is not None]
+        """The defined values (kappa is NaN when both models predict one class)."""
+        return [r[metric] for r in group if r.get(metric) is not None and math.isfinite(r[metric])]
 
     def summary(group: list[dict]) -> dict:
         out = {}

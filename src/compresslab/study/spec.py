@@ -123,11 +123,14 @@ def validate_spec(cls, raw: object, source: str):
         raise UserError(validation_message(e, source)) from None
 
 
-def shrink(spec, *, epochs: int | None = None, subset: int | None = None):
-    """``spec`` for a quick smoke run: every epoch count at most ``epochs``, and the data
-    (``data`` fields) a seeded subset of ``subset`` examples (``NAME@N``, see
-    :func:`compresslab.data.load_dataset`). Unchanged without either."""
-    if epochs is None and subset is None:
+def adjust(spec, *, data: str | None = None, epochs: int | None = None, subset: int | None = None,
+           latency: bool | None = None):
+    """``spec`` with its dataset replaced by ``data`` (every ``data`` field: a preset pointed
+    at your copy of CIFAR-10), and for a quick smoke run every epoch count at most
+    ``epochs`` and the data a seeded subset of ``subset`` examples (``NAME@N``, see
+    :func:`compresslab.data.load_dataset`); ``latency`` turns the kind's latency
+    measurement on or off where it has one. Unchanged without any of them."""
+    if data is None and epochs is None and subset is None and latency is None:
         return spec
     if (epochs is not None and epochs < 0) or (subset is not None and subset < 2):
         raise UserError("--epochs must be >= 0 and --subset >= 2")
@@ -138,13 +141,17 @@ def shrink(spec, *, epochs: int | None = None, subset: int | None = None):
             for k, v in node.items():
                 if k in ("epochs", "finetune_epochs") and isinstance(v, int) and epochs is not None:
                     v = min(v, epochs)
-                elif k == "data" and isinstance(v, str) and subset is not None:
-                    v = f"{v.rpartition('@')[0] if '@' in v else v}@{subset}"
+                elif k == "data" and isinstance(v, str):
+                    v = data or v
+                    if subset is not None:
+                        v = f"{v.rpartition('@')[0] if '@' in v else v}@{subset}"
                 out[k] = walk(v)
             return out
         return [walk(v) for v in node] if isinstance(node, list) else node
 
     raw = walk(spec.model_dump(mode="json"))
+    if latency is not None and "latency" in raw:
+        raw["latency"] = latency
     return type(spec).model_validate({**raw, "device": spec.device, "deterministic": spec.deterministic})
 
 
