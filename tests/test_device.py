@@ -213,3 +213,18 @@ def test_ddp_on_two_gpus_with_sync_bn(tmp_path):
     r = train_model("cnn1d", "mnist1d", options={"width": 8, "hidden": 16}, overrides={"epochs": 1, "batch_size": 64},
                     nproc=2, sync_bn=True, device="cuda", runs=tmp_path)
     assert load_checkpoint(r["checkpoint"])[0] is not None and r["accuracy"]["test"] > 0.1
+
+
+@pytest.mark.parametrize("dev", DEVICES)
+def test_distillation_with_every_term_runs_on_the_device(dev):
+    from compresslab.compress.distill import distill
+    from compresslab.models import create_model
+
+    data = load_dataset("mnist1d@256")
+    torch.manual_seed(0)
+    teacher = create_model("cnn1d", num_classes=10, in_channels=1, input_shape=(1, 40), width=8, hidden=16)
+    student = create_model("cnn1d", num_classes=10, in_channels=1, input_shape=(1, 40), width=4, hidden=8).to(dev)
+    for augment in ("none", "crop"):  # cached teacher outputs, then the teacher live every step
+        r = distill(copy.deepcopy(teacher), copy.deepcopy(student), data, Recipe(epochs=1, batch_size=64,
+                    augment=augment), loss={"kd": 0.5, "ce": 0.5, "at": 100.0, "hint": 1.0})
+        assert r.steps == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)

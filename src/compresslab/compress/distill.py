@@ -348,7 +348,7 @@ def _hint_term(signal: TeacherSignal | None, *, student: nn.Module | None = None
         torch.manual_seed(seed)
         regressors = nn.ModuleList(_regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
                                    for s, t in pairs.items())
-    return HintTerm(signal, pairs, regressors)
+    return HintTerm(signal, pairs, regressors.to(model_device(student)))  # made on the CPU, trained with the student
 
 
 def _teacher_signal(teacher: nn.Module | torch.Tensor, data: Dataset) -> TeacherSignal:
