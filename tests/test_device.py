@@ -228,3 +228,17 @@ def test_distillation_with_every_term_runs_on_the_device(dev):
         r = distill(copy.deepcopy(teacher), copy.deepcopy(student), data, Recipe(epochs=1, batch_size=64,
                     augment=augment), loss={"kd": 0.5, "ce": 0.5, "at": 100.0, "hint": 1.0})
         assert r.steps == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)
+
+
+@pytest.mark.parametrize("dev", DEVICES)
+def test_fake_quantisation_calibrates_and_trains_on_the_device(dev):
+    from compresslab.compress import quantize as q
+
+    data = _data()
+    model = _net().to(dev)
+    q.attach_fake_quant(model, 4, act_bits=8, observer="percentile", percentile=99.0)
+    q.calibrate(model, q.calibration_batches(data.x_train.to(dev), 2, 16, seed=0))
+    ranges = q.act_ranges(model)
+    assert ranges and all(lo < hi for lo, hi in ranges.values())
+    result = fit(model, data, Recipe(epochs=1, batch_size=16))  # QAT: straight-through gradients
+    assert result.steps == 6 and all(p.device.type == dev for p in model.parameters())

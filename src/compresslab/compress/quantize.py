@@ -173,7 +173,7 @@ class ActFakeQuant(nn.Module):
             return x.min(), x.max()
         if x.numel() > 2**20:  # quantiles of a fixed, evenly strided subsample
             x = x[:: x.numel() // 2**20 + 1]
-        q = torch.tensor([1 - self.percentile / 100, self.percentile / 100])
+        q = torch.tensor([1 - self.percentile / 100, self.percentile / 100], device=x.device)
         lo, hi = torch.quantile(x, q)
         return lo, hi
 
@@ -225,7 +225,7 @@ def attach_fake_quant(model: nn.Module, weight_bits: int | dict, *, act_bits: in
         t = layer_type(m)
         parametrize.register_parametrization(m, "weight", WeightFakeQuant(wbits[t], symmetric, per_channel))
         if abits and t in abits:
-            m.input_quant = ActFakeQuant(abits[t], observer, percentile)
+            m.input_quant = ActFakeQuant(abits[t], observer, percentile).to(m.weight.device)
             if act_ranges is not None:
                 m.input_quant.lo.fill_(act_ranges[name][0])
                 m.input_quant.hi.fill_(act_ranges[name][1])
