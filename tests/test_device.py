@@ -242,3 +242,15 @@ def test_fake_quantisation_calibrates_and_trains_on_the_device(dev):
     assert ranges and all(lo < hi for lo, hi in ranges.values())
     result = fit(model, data, Recipe(epochs=1, batch_size=16))  # QAT: straight-through gradients
     assert result.steps == 6 and all(p.device.type == dev for p in model.parameters())
+
+
+@pytest.mark.parametrize("dev", DEVICES)
+@pytest.mark.parametrize("method", ["global-l1", "layer-l1", "random"])
+def test_pruning_masks_live_with_the_weights(dev, method):
+    from compresslab.compress.prune import apply_masks, prune, sparsity_report
+
+    model = _net().to(dev)
+    masks = prune(model, 0.5, method=method, seed=1)
+    fit(model, _data(), Recipe(epochs=1, batch_size=16), after_step=lambda m: apply_masks(m, masks))
+    assert all(m.device.type == dev for m in masks.values())
+    assert sparsity_report(model, masks)["global"] == pytest.approx(0.5, abs=0.02)

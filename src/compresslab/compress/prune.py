@@ -19,10 +19,10 @@ def _check_amount(amount: float) -> None:
 
 
 def _split(flat_keep: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Cut one flat keep-vector into per-tensor masks shaped like ``params``."""
+    """Cut one flat keep-vector into per-tensor masks shaped like ``params`` (on their devices)."""
     masks, start = {}, 0
     for name, p in params.items():
-        masks[name] = flat_keep[start:start + p.numel()].view_as(p)
+        masks[name] = flat_keep[start:start + p.numel()].view_as(p).to(p.device)
         start += p.numel()
     return masks
 
