@@ -10,7 +10,11 @@ from compresslab.cli import main
 from compresslab.study import load_spec, run_kind
 from compresslab.study.spec import adjust
 
-PRESETS = ["moonshine-cifar10", "kd-functional-cifar10", "compression-functional-cifar10", "prune-sweep-cifar10"]
+PRESETS = ["moonshine-cifar10", "kd-functional-cifar10", "compression-functional-cifar10", "prune-sweep-cifar10",
+           "blockswap-cifar10"]
+#: What a CPU smoke run trims beyond --epochs 1 --subset 16: a third replicate adds a minute and
+#: no coverage, and 1,000 BlockSwap candidates per budget take 18 minutes on 2 cores.
+TRIM = {"compression-functional-cifar10": {"seeds": [0, 1]}, "blockswap-cifar10": {"samples": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +25,9 @@ def cifar(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_smoke_run(preset, cifar, tmp_path, capsys):
-    if preset == "compression-functional-cifar10":  # 2 of its 3 replicates: the third adds a minute, no coverage
+    if preset in TRIM:
         spec = adjust(load_spec(preset=preset), data=f"cifar10:{cifar}", epochs=1, subset=16, latency=False)
-        r, _ = run_kind(spec.model_copy(update={"seeds": [0, 1]}), tmp_path / "runs", device="cpu")
+        r, _ = run_kind(spec.model_copy(update=TRIM[preset]), tmp_path / "runs", device="cpu")
     else:
         code = main(["study", "--preset", preset, "--data", f"cifar10:{cifar}", "--epochs", "1", "--subset", "16",
                      "--no-latency", "--device", "cpu", "--runs", str(tmp_path / "runs"), "--quiet", "--json"])

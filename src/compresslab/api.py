@@ -14,7 +14,7 @@ import yaml
 from compresslab import device as devices
 from compresslab.compress.prune import METHODS
 from compresslab.compress.quantize import quantized_layer_bits
-from compresslab.compress.search import search, write_csv
+from compresslab.compress.search import DEFAULT_BLOCKS, minibatch, search, write_csv, wrn_geometry
 from compresslab.errors import UserError
 from compresslab.measure import compare_logits, cost_report, count_params, latency
 from compresslab.measure.weights import plot_prunability, prunability
@@ -200,7 +200,6 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fract
 def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", seed: int = 0,
                         val_fraction: float = 0.1) -> dict:
     """Every output metric of ``b`` against ``a`` on one split (keys of ``compare_logits``)."""
-
     ds = dataset(data, val_fraction, seed)
     y = ds.split(split)[1]
     return compare_logits(checkpoint_logits(a, ds, split), checkpoint_logits(b, ds, split), labels=y)
@@ -221,7 +220,6 @@ def _checkpoint_step(checkpoint: Path) -> Step:
 
 def _parent_recipe(checkpoint: Path):
     """The recipe compresslab trained ``checkpoint`` with (from the store's spec.json), else the default."""
-
     spec_file = Path(checkpoint) / "spec.json"
     base = read_json(spec_file)["spec"].get("recipe") if spec_file.is_file() else None
     return Recipe(**base) if base else Recipe()
@@ -242,7 +240,6 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
     unstructured only). The fine-tuning recipe is the parent's own (when compresslab
     trained it) for ``finetune_epochs`` epochs at a tenth of its lr, or ``lr`` if given.
     """
-
     checkpoint = Path(checkpoint)
     if method not in (*METHODS, "channel"):
         raise UserError(f"--method {method!r}: use one of {', '.join((*METHODS, 'channel'))}")
@@ -278,7 +275,6 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
 def checkpoint_prunability(checkpoint: Path, *, scope: str = "all", points: int = 101,
                            plot: Path | None = None) -> dict:
     """Data-free prunability of a checkpoint's weights (see ``measure.weights.prunability``)."""
-
     if points < 2:
         raise UserError(f"--points {points}: need at least 2 points on the curve")
     model, _ = load_checkpoint(checkpoint, apply_transforms=False)
@@ -309,7 +305,6 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
     ``overrides`` say otherwise. Returns the student's checkpoint, accuracy, and every
     output metric against the teacher on the test split.
     """
-
     checkpoint = Path(checkpoint)
     if teacher_kind not in TEACHER_KINDS_CLI:
         raise UserError(f"--teacher-kind {teacher_kind!r}: use one of {', '.join(TEACHER_KINDS_CLI)}")
@@ -347,7 +342,6 @@ def substitute_checkpoint(checkpoint: Path, block: str, data: str, *, mode: str 
                           epochs: int | None = None, seed: int = 0, runs: str | Path = "runs", progress=None) -> dict:
     """Moonshine: the teacher's WRN with every 3x3 conv replaced by ``block``, trained with the
     teacher's recipe by ``mode`` (``scratch``, ``at`` or ``at+kd``)."""
-
     if mode not in MODES:
         raise UserError(f"--loss {mode!r}: use one of {', '.join(MODES)}")
     parse_block(block)
@@ -375,25 +369,20 @@ def blockswap_checkpoint(checkpoint: Path, data: str, *, budget: float, samples:
     train the best with attention transfer from the teacher. ``validate`` > 0 trains that many
     candidates, spread over the score ranking, with CE and reports the Spearman correlation
     between Fisher potential and their test accuracy."""
-
     cfg = read_model_json(checkpoint)["model"]
     name = cfg["name"]
-    if not name.startswith(("wrn-", "wrn1d-")):
-        raise UserError(f"{checkpoint} is a {name}; blockswap needs a Wide ResNet teacher (wrn-D-K or wrn1d-D-K)")
+    depth, widen, dim = wrn_geometry(name)
     if samples < 1 or batch < 2:
         raise UserError("--samples must be >= 1 and --batch >= 2")
-    depth, widen = (int(v) for v in name.split("-")[1:3])
-    dim = 1 if name.startswith("wrn1d") else 2
-    blocks = blocks or ["Conv", "ConvB2", "ConvB4", "G4B2", "G8B2", "A2B2", "DConv", "DConvB2", "DConvB4"]
+    blocks = blocks or DEFAULT_BLOCKS
     ds = dataset(data, 0.1, seed)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(ds.x_train.shape[0], generator=g)[:batch]
+    x, y = minibatch(ds.x_train, ds.y_train, batch, seed)
     with _task(progress, f"blockswap: score {samples} candidates") as callback:
         if callback is not None:
             callback({"event": "start", "epochs": 1, "steps_per_epoch": samples, "total_steps": samples})
         tick = (lambda i, n: callback({"event": "step", "epoch": 1, "step": i, "loss": 0.0, "acc": 0.0,
                                        "samples_per_s": 0.0})) if callback else None
-        result = search(depth, widen, blocks, budget, ds.x_train[idx], ds.y_train[idx], samples=samples, dim=dim,
+        result = search(depth, widen, blocks, budget, x, y, samples=samples, dim=dim,
                         in_channels=cfg["in_channels"], num_classes=cfg["num_classes"], seed=seed, progress=tick,
                         device=devices.current().torch_device)
     csv_path = Path(csv_path) if csv_path else Path(runs) / "blockswap" / f"{name}-{int(budget)}-s{seed}.csv"
@@ -441,7 +430,6 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
     child's checkpoint, accuracy, cost at its bit widths, every output metric against
     the parent on the test split, and the latency of parent and child measured side by side.
     """
-
     checkpoint = Path(checkpoint)
     if epochs < 0:
         raise UserError(f"--epochs {epochs}: must be >= 0")

@@ -71,6 +71,24 @@ def block_table(depth: int, widen_factor: int, blocks: list[str], *, dim: int = 
     return table
 
 
+#: The block types mixed by default: Moonshine's family (Crowley et al. 2018) as BlockSwap uses it.
+DEFAULT_BLOCKS = ["Conv", "ConvB2", "ConvB4", "G4B2", "G8B2", "A2B2", "DConv", "DConvB2", "DConvB4"]
+
+
+def wrn_geometry(name: str) -> tuple[int, int, int]:
+    """``wrn-40-2`` -> ``(40, 2, 2)``, ``wrn1d-16-2`` -> ``(16, 2, 1)``: depth, widen factor, dims."""
+    if not name.startswith(("wrn-", "wrn1d-")):
+        raise UserError(f"BlockSwap needs a Wide ResNet teacher (wrn-D-K or wrn1d-D-K), got {name!r}")
+    depth, widen = (int(v) for v in name.split("-")[1:3])
+    return depth, widen, 1 if name.startswith("wrn1d") else 2
+
+
+def minibatch(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded random minibatch the candidates are scored on."""
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:size].to(x.device)
+    return x[idx], y[idx]
+
+
 def build(table: dict, genotype: list[str]) -> nn.Module:
     """The WRN of ``table`` with one block type per basic block, at random initialisation."""
     kw = {"dim": table["dim"]} if table["dim"] != 1 else {}

@@ -117,3 +117,15 @@ def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: in
             raise UserError("qat needs a fine-tuning recipe")
         spec["recipe"] = _recipe(recipe)
     return spec
+
+
+def blockswap_spec(data: dict, budget: float, recipe: Recipe | dict, seed: int, *, samples: int = 1000,
+                   blocks: list[str] | None = None, batch: int = 128, beta: float = 1000.0,
+                   at_points: list[str] | None = None) -> dict:
+    """Search the ``teacher`` parent's WRN for a block mix of ``budget`` parameters, then train
+    the best with CE + attention transfer (``beta``) under ``recipe``."""
+    from compresslab.compress.search import DEFAULT_BLOCKS
+
+    return {"data": data, "budget": float(budget), "samples": samples, "blocks": list(blocks or DEFAULT_BLOCKS),
+            "batch": batch, "beta": beta, "at_points": list(at_points or ["group1", "group2", "group3"]),
+            "recipe": _recipe(recipe), "seed": seed}

@@ -4,10 +4,11 @@
 >>> results, out = run_kind(spec, "runs")      # resumable; writes results.json + report.html
 
 Kinds: the plain study (no ``kind``), ``kurtosis``, ``kd-functional``, ``moonshine``,
-``linear-substitution`` and ``compression-functional``; add one with
+``linear-substitution``, ``compression-functional`` and ``blockswap``; add one with
 :func:`register_study_kind` (see :mod:`compresslab.study.kinds`).
 """
 from compresslab.study import (  # noqa: F401  (register the built-in kinds)
+    blockswap,
     compression_functional,
     kd_functional,
     kurtosis,
