@@ -12,20 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import ConfigDict, Field, field_validator
 
 from compresslab.compress.search import wrn_geometry
 from compresslab.console import console, echo, short, table
 from compresslab.errors import UserError
-from compresslab.measure import compare_logits, cost_report, latency
 from compresslab.report.blockswap import write_blockswap_report
 from compresslab.runs.store import RunStore, Step, read_json
-from compresslab.steps import data_of
-from compresslab.steps.common import load_model
 from compresslab.steps.specs import blockswap_spec, data_spec, train_spec
+from compresslab.study import moonshine
 from compresslab.study.kinds import Entry, register_study_kind
-from compresslab.study.moonshine import pareto_front
 from compresslab.study.spec import ModelSpec, RunOptions
 from compresslab.train.recipe import Recipe, Seed
 
@@ -62,40 +58,25 @@ class BlockSwapSpec(RunOptions):
 def expand(spec: BlockSwapSpec) -> list[Entry]:
     data = data_spec(spec.data, spec.val_fraction, spec.seed)
     teacher = Step("train", train_spec(data, spec.teacher.model_dump(), spec.recipe, spec.seed), label="teacher")
-    entries = [Entry("teacher", "parent", "train", teacher)]
+    entries = [Entry("teacher", "parent", "train", teacher, {"block": "teacher", "mode": "teacher"})]
     for b in spec.budgets:
         name = f"budget-{short(b)}"
         step = Step("blockswap", blockswap_spec(data, b, spec.recipe, spec.seed, samples=spec.samples,
                                                 blocks=spec.blocks, batch=spec.batch, beta=spec.beta,
                                                 at_points=spec.at_points),
                     parents={"teacher": teacher}, label=name)
-        entries.append(Entry(name, "child", "blockswap", step, {"budget": b}))
+        entries.append(Entry(name, "child", "blockswap", step, {"block": name, "mode": "at", "budget": b}))
     return entries
 
 
 def collect(spec: BlockSwapSpec, entries: list[Entry], store: RunStore, progress=None) -> dict:
-    data = data_of(entries[0].step.spec)
-    t_logits = np.load(store.path(entries[0].step) / f"logits_{spec.split}.npy")
-    rows = []
-    for e in entries:
-        d = store.path(e.step)
-        metrics = read_json(d / "metrics.json")
-        model = load_model(d)
-        cost = cost_report(model, data.input_shape)
-        if spec.latency:
-            cost["latency_ms"] = latency(model, data.input_shape)
-        acc = metrics["accuracy"][spec.split]
-        row = {"name": e.name, "block": e.name, "mode": "teacher" if e.role == "parent" else "at", "step": d.name,
-               "accuracy": acc, "error": 1.0 - acc, "cost": cost,
-               "function": compare_logits(t_logits, np.load(d / f"logits_{spec.split}.npy")),
-               "train_seconds": metrics.get("train_seconds")}
-        if "blockswap" in metrics:
-            row["search"] = metrics["blockswap"]
-        rows.append(row)
-    front = pareto_front([(r["cost"]["params"], r["error"]) for r in rows[1:]])
-    for i, r in enumerate(rows[1:]):
-        r["pareto"] = i in front
-    return {"split": spec.split, "teacher": rows[0], "students": rows[1:]}
+    """Moonshine's measurements (:func:`compresslab.study.moonshine.collect`), plus each
+    student's search record."""
+    results = moonshine.collect(spec, entries, store, progress)
+    for row, e in zip([results["teacher"], *results["students"]], entries):
+        if e.role != "parent":
+            row["search"] = read_json(store.path(e.step) / "metrics.json")["blockswap"]
+    return results
 
 
 def print_results(results: dict, out: Path) -> None:
