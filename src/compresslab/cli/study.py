@@ -41,7 +41,7 @@ def study(
     """Run a study (train the parent, make children, controls), write report.html and results.json.
 
     Study kinds: the plain study (no `kind`), kurtosis, kd-functional, moonshine,
-    linear-substitution and compression-functional. Before anything is written the
+    linear-substitution, compression-functional and blockswap. Before anything is written the
     dataset loads, every model builds and every step passes its checks.
 
     Re-running resumes: every finished step is reused from the run store. A step that
@@ -55,8 +55,8 @@ def study(
       compresslab study --preset compression-functional   # KD, pruning, quantisation vs retrains
       compresslab study my-study.yaml --runs /scratch/runs --workers 2
       compresslab study my-study.yaml --executor ray --ray-address auto --runs s3://bucket/runs
-      compresslab study --preset moonshine-cifar10 --device cuda          # the paper's scale, on a GPU
-      compresslab study --preset moonshine-cifar10 --epochs 1 --subset 512 --device cpu   # a smoke run
+      compresslab study --preset moonshine-cifar10 --data cifar10:DIR --device cuda   # the paper's scale
+      compresslab study --preset moonshine-cifar10 --data cifar10:DIR --epochs 1 --subset 512 --no-latency
     """
     from compresslab.api import run_study
     from compresslab.progress import RichProgress
