@@ -22,7 +22,6 @@ import torch
 from compresslab.errors import UserError
 
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."
-PRECISIONS = ("fp32", "tf32", "fast")
 #: cuBLAS needs a fixed workspace to be deterministic (CUDA's documented setting).
 CUBLAS_WORKSPACE = ":4096:8"
 
@@ -143,11 +142,6 @@ def precision_flags(precision: str, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where ``model``'s parameters (else buffers) live; CPU for a model with neither."""
     for t in (*model.parameters(), *model.buffers()):
@@ -178,6 +172,6 @@ def record(device: torch.device, precision: str = "fp32") -> dict:
     return describe(device, precision=precision, deterministic=current().deterministic)
 
 
-__all__ = ["CUBLAS_WORKSPACE", "DEVICE_HELP", "PRECISIONS", "Runtime", "check_gpus_per_step", "cuda_count",
+__all__ = ["CUBLAS_WORKSPACE", "DEVICE_HELP", "Runtime", "check_gpus_per_step", "cuda_count",
            "current", "describe", "determinism", "model_device", "precision_flags", "record", "resolve",
-           "synchronize", "using"]
+           "using"]
