@@ -34,6 +34,8 @@ def single_thread():
 NATURAL_SHAPES = {
     "mlp": (1, 40),
     "cnn1d": (1, 40),
+    "gru": (1, 40),
+    "transformer1d": (1, 40),
     "lenet5": (1, 28, 28),
     "resnet": (3, 32, 32),
     "wrn-": (3, 32, 32),
