@@ -87,8 +87,12 @@ def load_recipe(recipe_file: Path | None, overrides: dict) -> Recipe:
 @on_device
 def train_model(model: str, data: str, *, options: dict | None = None, recipe_file: Path | None = None,
                 overrides: dict | None = None, seed: int = 0, val_fraction: float = 0.1,
-                runs: str | Path = "runs", progress=None, nproc: int = 1, sync_bn: bool = False) -> dict:
+                runs: str | Path = "runs", progress=None, nproc: int = 1, sync_bn: bool = False,
+                data_seed: int | None = None) -> dict:
     """Train ``model`` on ``data`` as a run-store step; returns the checkpoint path and metrics.
+
+    ``seed`` draws the initial weights and the validation split; ``data_seed`` (default:
+    ``seed``) the batch order and augmentation.
 
     The checkpoint directory is named by a hash of the full spec, so the same call twice
     trains once. ``nproc`` > 1 trains data-parallel in that many processes (torch DDP
@@ -110,7 +114,8 @@ def train_model(model: str, data: str, *, options: dict | None = None, recipe_fi
         raise UserError("--sync-bn synchronises BatchNorm across GPUs: it needs --nproc 2 or more and --device cuda")
     if nproc > 1 and dev.type == "cuda" and nproc > devices.cuda_count():
         raise UserError(f"--nproc {nproc} on CUDA runs one process per GPU; this machine has {devices.cuda_count()}")
-    spec = train_spec(data_spec(data, val_fraction, seed), model_s, recipe, seed, nproc=nproc, sync_bn=sync_bn)
+    spec = train_spec(data_spec(data, val_fraction, seed), model_s, recipe, seed, nproc=nproc, sync_bn=sync_bn,
+                      data_seed=data_seed)
     step = Step("train", spec, label=model)
     if nproc == 1:
         out, ran = _run(step, {}, runs, progress, f"train {model}")
@@ -295,8 +300,9 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
                        loss: dict[str, float] | None = None, temperature: float = 4.0, teacher_kind: str = "teacher",
                        noise: dict | None = None, at_points=None, hint_points=None, recipe_file: Path | None = None,
                        overrides: dict | None = None, seed: int = 0, val_fraction: float = 0.1,
-                       runs: str | Path = "runs", progress=None) -> dict:
-    """Distil a student from a teacher checkpoint as a run-store step.
+                       runs: str | Path = "runs", progress=None, data_seed: int | None = None) -> dict:
+    """Distil a student from a teacher checkpoint as a run-store step (seeds as in
+    :func:`train_model`).
 
     ``teacher_kind``: ``teacher`` (the checkpoint), ``untrained`` (its architecture at
     random initialisation, seed ``seed``), or a noise teacher (``uniform-noise`` /
@@ -325,7 +331,7 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
         teacher = {"kind": teacher_kind, "seed": seed, **(noise or {})}
     spec = distill_spec(data_spec(data, val_fraction, seed), student_s, recipe, seed, temperature=temperature,
                         loss=loss or {"kd": 0.9, "ce": 0.1}, teacher=teacher, at_points=at_points,
-                        hint_points=hint_points)
+                        hint_points=hint_points, data_seed=data_seed)
     step = Step("distill", spec, parents={} if teacher else {"teacher": parent}, label=f"distill {student}")
     out, ran = _run(step, {"teacher": checkpoint}, runs, progress, f"distill {student} from {checkpoint.name}")
     metrics = read_json(out / "metrics.json")

@@ -47,6 +47,12 @@ def seed_option(help: str):
     return Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help=help)]
 
 
+DataSeed = Annotated[Optional[int], typer.Option(
+    "--data-seed", min=0, max=2**32 - 1,
+    help="Seed of the batch order (and augmentation) alone, when it should differ from --seed, which then "
+         "seeds only the initial weights and the validation split (e.g. same init, different data order).")]
+
+
 def data_option(help: str = DATA_HELP):
     """``--data``/``-d``: a dataset name; ``help`` says what the command uses it for."""
     return Annotated[str, typer.Option("--data", "-d", help=help)]

@@ -8,6 +8,7 @@ import typer
 
 from compresslab.cli.common import (
     BatchSize,
+    DataSeed,
     Deterministic,
     Device,
     Epochs,
@@ -205,6 +206,7 @@ def distill(
     lr: Lr = None,
     batch_size: BatchSize = None,
     seed: seed_option("Student seed (init, batch order; noise and untrained teachers too).") = 0,
+    data_seed: DataSeed = None,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
     device: Device = "auto",
@@ -236,7 +238,8 @@ def distill(
         result = distill_checkpoint(checkpoint, student, data, options=parse_options(option), loss=parse_loss(loss),
                                     temperature=temperature, teacher_kind=teacher_kind, noise=noise,
                                     at_points=points(at_point), hint_points=points(hint_point),
-                                    recipe_file=recipe, overrides=overrides, seed=seed, runs=runs, progress=progress, device=device, deterministic=deterministic)
+                                    recipe_file=recipe, overrides=overrides, seed=seed, data_seed=data_seed, runs=runs,
+                                    progress=progress, device=device, deterministic=deterministic)
 
     def human(r):
         f = r["vs_teacher"]

@@ -7,6 +7,7 @@ import typer
 
 from compresslab.cli.common import (
     BatchSize,
+    DataSeed,
     Deterministic,
     Device,
     Epochs,
@@ -28,7 +29,7 @@ from compresslab.errors import UserError
 
 @app.command()
 def train(
-    model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, or package.module:factory."),
+    model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, gru, transformer1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, or package.module:factory."),
     data: data_option("mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR or npz:FILE.") = ...,
     option: List[str] = typer.Option([], "--option", "-o", help="Model option KEY=VALUE, repeatable (e.g. width=64)."),
     recipe: RecipeFile = None,
@@ -37,6 +38,7 @@ def train(
     batch_size: BatchSize = None,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default) or fast (channels_last + bf16 autocast)."),
     seed: seed_option("Seed for init, batch order and the validation split.") = 0,
+    data_seed: DataSeed = None,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
     device: Device = "auto",
@@ -59,7 +61,7 @@ def train(
                                    "precision": precision}.items() if v is not None}
     with RichProgress(quiet=quiet) as progress:
         result = train_model(model, data, options=parse_options(option), recipe_file=recipe,
-                             overrides=overrides, seed=seed, runs=runs, progress=progress, nproc=nproc, sync_bn=sync_bn,
+                             overrides=overrides, seed=seed, data_seed=data_seed, runs=runs, progress=progress, nproc=nproc, sync_bn=sync_bn,
                              device=device, deterministic=deterministic)
     emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
 

@@ -384,7 +384,7 @@ def validate_distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data
 
 def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset, recipe: Recipe, *,
             loss: dict[str, float] | None = None, temperature: float = 4.0, at_points=None, hint_points=None,
-            cache_teacher: bool | None = None, seed: int = 0, callback=None,
+            cache_teacher: bool | None = None, seed: int = 0, data_seed: int | None = None, callback=None,
             max_steps: int | None = None, weight_decay_scale: dict[str, float] | None = None) -> FitResult:
     """Train ``student`` in place from ``teacher`` with the named terms of ``loss``.
 
@@ -395,6 +395,8 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
     ``factory(signal, label_smoothing=, temperature=, at_points=, hint_points=, student=,
     sample=, seed=)``, ``signal`` being the teacher's :class:`TeacherSignal` and ``sample``
     two training examples. ``at_points`` / ``hint_points``: see :func:`match_points`.
+    ``seed`` initialises the terms' own parameters (hint regressors) and, unless
+    ``data_seed`` is given, also draws the batch order (see :func:`~compresslab.train.fit`).
     ``cache_teacher`` (default: when ``recipe.augment`` is ``none``) computes the teacher's
     training-set logits and attention maps once, so a ``kd``/``at`` step costs about as
     much as a plain CE step; with augmentation the teacher must see the augmented batch
@@ -417,5 +419,6 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
         cache_teacher = recipe.augment == "none"
     with Scratch() as scratch:  # cached teacher outputs live in RAM-backed memmaps until training ends
         signal.prepare(data.x_train, scratch, cache=cache_teacher)
-        return fit(student, data, recipe, loss=loss_fn, seed=seed, callback=callback, max_steps=max_steps,
+        return fit(student, data, recipe, loss=loss_fn, seed=seed if data_seed is None else data_seed,
+                   callback=callback, max_steps=max_steps,
                    weight_decay_scale=weight_decay_scale)

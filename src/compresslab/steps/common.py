@@ -54,6 +54,12 @@ def build(model_spec: dict, data: Dataset, seed: int) -> torch.nn.Module:
                         input_shape=data.input_shape, **model_spec["options"])
 
 
+def data_seed(spec: dict) -> int:
+    """The seed of a training step's batch order (and of everything random during training):
+    ``data_seed`` when the spec splits it from the initialisation ``seed``, else ``seed``."""
+    return spec.get("data_seed", spec["seed"])
+
+
 def parent_model(parent, data: Dataset) -> torch.nn.Module | None:
     """A step's parent as a float model, for checks: a checkpoint directory, or a train
     :class:`Step` that has not run yet (its architecture, untrained: the shapes a check

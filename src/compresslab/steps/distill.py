@@ -12,7 +12,7 @@ from compresslab.compress.distill import NOISE_KINDS, distill, noise_logits, val
 from compresslab.data import Dataset
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import Step
-from compresslab.steps.common import build, data_of, finish_model, history, parent_model, step_device, wd_scales
+from compresslab.steps.common import build, data_of, data_seed, finish_model, history, parent_model, step_device, wd_scales
 from compresslab.steps.registry import register_step
 from compresslab.train import Recipe
 
@@ -50,5 +50,5 @@ def run_distill(step: Step, out: Path, parents: dict[str, Path], callback=None) 
     recipe = Recipe(**s["recipe"])
     result = distill(teacher, student, data, recipe, loss=s["loss"],
                      temperature=s["temperature"], at_points=s.get("at_points"), hint_points=s.get("hint_points"),
-                     seed=s["seed"], callback=callback, weight_decay_scale=wd_scales(s, student))
+                     seed=s["seed"], data_seed=data_seed(s), callback=callback, weight_decay_scale=wd_scales(s, student))
     finish_model(out, student, data, extra=history(result), precision=recipe.precision)

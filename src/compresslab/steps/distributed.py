@@ -90,7 +90,7 @@ def _train(payload: dict, rank: int, world: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from compresslab.runs.store import RunStore, Step, write_json
-    from compresslab.steps.common import build, data_of, finish_model, history, wd_scales
+    from compresslab.steps.common import build, data_of, data_seed, finish_model, history, wd_scales
     from compresslab.train import Recipe, fit
 
     step = Step("train", payload["spec"], label=payload["label"])
@@ -110,7 +110,7 @@ def _train(payload: dict, rank: int, world: int) -> None:
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     events = rank == 0 and payload.get("events")
     callback = (lambda e: print(_EVENT + json.dumps(e), flush=True)) if events else None
-    result = fit(ddp, data, recipe, loss=s.get("loss"), seed=s["seed"], callback=callback,
+    result = fit(ddp, data, recipe, loss=s.get("loss"), seed=data_seed(s), callback=callback,
                  weight_decay_scale={f"module.{k}": v for k, v in wd.items()} if wd else None,
                  shard=(rank, world))
     if os.environ.get(HASH_ENV):

@@ -41,11 +41,20 @@ def finetune_recipe(recipe: Recipe | dict, *, epochs: int, lr: float, batch_size
     return checked if validated else out
 
 
+def _split_seed(spec: dict, seed: int, data_seed: int | None) -> dict:
+    """``spec`` with ``data_seed`` when it differs from the initialisation ``seed`` (absent:
+    both are ``seed``, so specs written before the split keep their hashes)."""
+    if data_seed is not None and data_seed != seed:
+        spec["data_seed"] = data_seed
+    return spec
+
+
 def train_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, nproc: int = 1, sync_bn: bool = False,
-               scale_substitute_wd: bool = False) -> dict:
+               scale_substitute_wd: bool = False, data_seed: int | None = None) -> dict:
     """Train ``model`` from scratch with cross-entropy (``nproc`` > 1: data-parallel, with
-    ``sync_bn`` BatchNorm statistics synchronised across the processes)."""
-    spec = {"data": data, "model": model, "recipe": _recipe(recipe), "seed": seed}
+    ``sync_bn`` BatchNorm statistics synchronised across the processes). ``seed`` draws the
+    initial weights and ``data_seed`` (default: ``seed``) the batch order and augmentation."""
+    spec = _split_seed({"data": data, "model": model, "recipe": _recipe(recipe), "seed": seed}, seed, data_seed)
     if nproc > 1:
         spec["nproc"] = nproc
     if sync_bn:
@@ -57,12 +66,12 @@ def train_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, npr
 
 def distill_spec(data: dict, student: dict, recipe: Recipe | dict, seed: int, *, loss: dict[str, float],
                  temperature: float = 4.0, teacher: dict | None = None, at_points=None, hint_points=None,
-                 scale_substitute_wd: bool = False) -> dict:
+                 scale_substitute_wd: bool = False, data_seed: int | None = None) -> dict:
     """Train ``student`` with the weighted loss terms of ``loss``. The teacher is the step's
     ``teacher`` parent, or ``teacher`` = ``{"kind": "untrained" | "uniform-noise" |
-    "gaussian-noise", ...}`` built inside the step."""
-    spec = {"data": data, "student": student, "seed": seed, "temperature": temperature,
-            "recipe": _recipe(recipe), "loss": dict(loss)}
+    "gaussian-noise", ...}`` built inside the step. Seeds as in :func:`train_spec`."""
+    spec = _split_seed({"data": data, "student": student, "seed": seed, "temperature": temperature,
+                        "recipe": _recipe(recipe), "loss": dict(loss)}, seed, data_seed)
     for key, value in (("teacher", teacher), ("at_points", at_points), ("hint_points", hint_points)):
         if value is not None:
             spec[key] = value
