@@ -7,7 +7,10 @@ import yaml
 from compresslab.cli import main
 from compresslab.errors import UserError
 from compresslab.study import load_spec, parse_spec
-from compresslab.study.kd_functional import CONDITIONS, KDFunctionalSpec, expand_kd
+from compresslab.study.kd_functional import KDFunctionalSpec, expand_kd
+
+# the first edition's conditions (tests/test_kd_v2.py covers the SIDDO/DISDO controls and sweeps)
+CONDITIONS = ("teacher", "teacher-other-seed", "uniform-noise", "gaussian-noise", "untrained", "self", "independent")
 
 TINY = {
     "kind": "kd-functional", "name": "tiny-kd", "data": "mnist1d",

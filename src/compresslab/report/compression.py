@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from compresslab.report.html import _png, write_page
+from compresslab.report.html import _png, inheritance_section, write_page
 from compresslab.report.kd import _ci
 
 FAMILY_STYLE = {"distillation": ("^", "C3"), "pruning": ("o", "C0"), "quantization": ("s", "C2"),
@@ -106,6 +106,8 @@ Cost columns: params, nonzero weight bytes at the model's bit widths, BOPs per e
 permutation p (Holm) is shown as a check.</p>
 <table><tr><th>model</th><th>metric</th><th>mean</th><th>independent</th><th>p (Welch, Holm)</th><th>p (perm., Holm)</th>
 <th>significant</th></tr>{tests}</table>
+{inheritance_section(results["correctness"], results["asymmetry"], results["control"], "parent")
+ if results.get("correctness") else ""}
 <ul>{notes}</ul>
 <p>Steps run: {len(results['steps']['ran'])}, reused: {len(results['steps']['reused'])}.
 Wall time {results.get('seconds', 0):.1f} s on {results['num_threads']} threads.</p></body></html>

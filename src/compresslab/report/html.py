@@ -215,6 +215,37 @@ def _sweep_section(results: dict) -> str:
             f'<img alt="pruning sweep" style="max-width:100%" src="{png}">')
 
 
+def inheritance_section(correctness: dict, asymmetry: dict, control: str, reference: str) -> str:
+    """Agreement with the ``reference`` (teacher, parent) split by its correctness, and the
+    asymmetry tests against ``control``: "does the model copy the reference's mistakes?"."""
+    e = html.escape
+
+    def ci(s: dict | None) -> str:
+        return "–" if not s else (f"{100 * s['mean']:.1f} <small>[{100 * s['ci_low']:.1f}, "
+                                  f"{100 * s['ci_high']:.1f}]</small>")
+
+    keys = ("agree_right", "agree_wrong", "other_wrong_given_wrong", "same_error_given_both_wrong")
+    rows = "".join(f"<tr><td>{e(n)}</td>" + "".join(f"<td>{ci(v.get(k))}</td>" for k in keys) + "</tr>"
+                   for n, v in correctness.items())
+    tests = "".join(
+        f"<tr><td>{e(n)}</td><td>{100 * a['gain_right']:+.2f}</td><td>{100 * a['gain_wrong']:+.2f}</td>"
+        f"<td>{ci({'mean': a['asymmetry'], 'ci_low': a['ci_low'], 'ci_high': a['ci_high']})}</td>"
+        f"<td>{a['p_t']:.3g}</td><td>{a['p_perm']:.3g}</td><td>{a['p_t_holm']:.3g}</td>"
+        f"<td>{'yes' if a['significant'] else 'no'}</td></tr>" for n, a in asymmetry.items())
+    return f"""<h2>Does it copy the {e(reference)}'s mistakes?</h2>
+<p>Agreement with the {e(reference)} on the examples it gets <b>right</b> and on those it gets <b>wrong</b> (where
+agreeing means making the {e(reference)}'s own wrong prediction: error inheritance), the share of its errors the
+model also gets wrong, and, among examples both get wrong, the share with the same label. Mean [95% CI], in %.</p>
+<table><tr><th>model</th><th>agree, {e(reference)} right</th><th>agree, {e(reference)} wrong</th><th>also wrong</th>
+<th>same label when both wrong</th></tr>{rows}</table>
+<p>Asymmetry: per seed, the agreement gain over <code>{e(control)}</code> on the {e(reference)}'s wrong examples
+minus the gain on its right ones, in points. Positive: its errors are transferred more than its correct
+predictions. One-sided paired t-test and exact sign-flip test; Holm across models.</p>
+<table><tr><th>model</th><th>gain, right</th><th>gain, wrong</th><th>asymmetry [95% CI]</th><th>p (t)</th>
+<th>p (sign-flip)</th><th>p (t, Holm)</th><th>significant</th></tr>{tests}</table>
+"""
+
+
 def write_page(path: str | Path, page: str) -> Path:
     """Write ``page`` to ``path`` atomically (a temporary sibling, then rename)."""
     path = Path(path)

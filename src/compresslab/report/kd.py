@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from compresslab.report.html import _png, write_page
+from compresslab.report.html import _png, inheritance_section, write_page
 
 LABELS = {"accuracy": "accuracy", "agreement": "agreement", "kappa": "kappa", "js_divergence": "JS (nats)",
           "activation_distance": "act. distance", "output_cosine": "output cos", "kl": "KL(t‖s)",
@@ -83,6 +83,79 @@ def plot_pairwise(results: dict) -> str:
     fig.colorbar(im, ax=ax, label="disagreement (%)")
     fig.tight_layout()
     return _png(fig)
+
+
+def plot_sweeps(results: dict) -> str | None:
+    """Per swept axis, agreement with the teacher, JS and accuracy against the axis value, one
+    line per condition (mean and 95% CI), the control's band (at the study's own settings)
+    shaded; widths on the student/teacher parameter ratio (log x) with the fitted line."""
+    sweeps = results.get("sweeps") or {}
+    if not sweeps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = ("agreement", "js_divergence", "accuracy")
+    fig, axes = plt.subplots(len(sweeps), len(metrics), figsize=(4.4 * len(metrics), 3.2 * len(sweeps)),
+                             squeeze=False)
+    for row, (axis, sw) in zip(axes, sweeps.items()):
+        widths = axis == "student_widths"
+        for ax, metric in zip(row, metrics):
+            for i, (cond, line) in enumerate(sw["series"].items()):
+                xs = [pt["param_ratio"] if widths else pt["value"] for pt in line] if not widths or all(
+                    "param_ratio" in pt for pt in line) else list(range(len(line)))
+                ys = [pt[metric]["mean"] for pt in line]
+                err = [[pt[metric]["mean"] - pt[metric]["ci_low"] for pt in line],
+                       [pt[metric]["ci_high"] - pt[metric]["mean"] for pt in line]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=f"C{i % 10}", label=cond)
+                fit = (sw.get("fits") or {}).get(cond)
+                if fit and metric == "agreement":
+                    grid = np.linspace(min(xs), max(xs), 50)
+                    ax.plot(grid, fit["intercept"] + fit["slope"] * np.log10(grid), ls=":", color=f"C{i % 10}")
+            band = None if widths else (sw.get("band") or {}).get(metric)  # the band holds at the base width only
+            if band:
+                ax.axhspan(band["ci_low"], band["ci_high"], color="0.6", alpha=0.25,
+                           label=f"{sw['band_condition']} (base)")
+            if widths:
+                from matplotlib.ticker import NullFormatter
+
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("student / teacher params" if widths else axis)
+            ax.set_title(f"{LABELS.get(metric, metric)} vs {axis.replace('_', ' ')}", fontsize=9)
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _transfer_sections(results: dict) -> str:
+    """The correctness split, the asymmetry tests and the sweep figure (empty for results
+    written before they existed)."""
+    if not results.get("correctness"):
+        return ""
+    control = results.get("control") or "–"
+    fig = plot_sweeps(results)
+    sweep = ""
+    if fig:
+        e = html.escape
+        fits = "".join(f"<li>{e(c)}: agreement = {f['intercept']:.3f} + {f['slope']:.3f} · log10(params ratio)"
+                       + (f", r = {f['r']:.2f}" if f["r"] is not None else "") + "</li>"
+                       for sw in results["sweeps"].values() for c, f in (sw.get("fits") or {}).items())
+        rows = "".join(
+            f"<tr><td>{e(axis)}</td><td>{e(c)}</td>" + "".join(
+                f"<td>{_num(t[m]['rho'], 2)} <small>p={_num(t[m]['p'], 3)}</small></td>" for m in ("accuracy", "agreement"))
+            + "</tr>" for axis, sw in results["sweeps"].items() for c, t in sw.get("trends", {}).items())
+        sweep = (f"<h2>Sweeps</h2><p>Each point: mean [95% CI] over seeds; the shaded band is the "
+                 f"<code>{e(control)}</code> students at the study's own settings. Trend: Spearman's rank "
+                 "correlation of every student's value with the axis (widths: parameter count), two-sided p.</p>"
+                 f"<img alt='sweeps' src='{fig}'>" + (f"<ul>{fits}</ul>" if fits else "")
+                 + f"<table><tr><th>axis</th><th>condition</th><th>accuracy trend</th><th>agreement trend</th></tr>"
+                 f"{rows}</table>")
+    return inheritance_section(results["correctness"], results.get("asymmetry", {}), control, "teacher") + sweep
 
 
 def render_kd(results: dict) -> str:
@@ -164,6 +237,7 @@ permutation test and Cohen's d alongside).</p>
 teacher. If the first column beats the last, the student's own seed shaped its function more than its teacher.</p>
 <table><tr><th>condition</th><th>with independent, same seed (%)</th><th>with independent, other seeds (%)</th>
 <th>with the teacher (%)</th></tr>{same_seed}</table>
+{_transfer_sections(results)}
 <img alt="pairwise disagreement" src="{plot_pairwise(results)}">
 <details><summary>Every model</summary>
 <table><tr><th>model</th><th>condition</th><th>acc (%)</th><th>agree</th><th>JS</th><th>act. dist</th><th>cos</th>

@@ -17,7 +17,12 @@ models. This study checks that on the user's model and data, with replicates:
   and the compression ratio = parent's nonzero weight bits / the model's;
 * per model and metric, mean and 95% bootstrap CI over replicates, and a one-sided
   test (Welch + exact permutation, Holm across the whole family) of "more similar to
-  the parent than an independent retrain".
+  the parent than an independent retrain";
+* ``retrain_controls``: the parent's architecture retrained with the replicate parent's
+  initialisation and another data order (``siddo``), or the other way round (``disdo``);
+* per model, agreement split by the parent's correctness (does compression copy the
+  parent's mistakes?) and the asymmetry of that transfer against the retrain control
+  (``siddo`` when run, else ``independent``), paired by replicate, Holm across models.
 
 Outputs: ``runs/studies/<name>-<hash12>/results.json``, ``report.html`` and
 ``fidelity.png`` (fidelity against compression ratio, one series per family, the
@@ -37,9 +42,10 @@ from compresslab.console import console, echo, short, table
 from compresslab.errors import UserError
 from compresslab.measure import compare_logits, latency, stats
 from compresslab.measure.cka import cache_features, cka_against_cached
+from compresslab.measure.inheritance import asymmetry_family, split_by_correctness
 from compresslab.models import feature_points
 from compresslab.report.compression import plot_fidelity, write_cf_report
-from compresslab.runs.store import RunStore, canonical_json, read_json
+from compresslab.runs.store import RunStore, Step, canonical_json, read_json
 from compresslab.scratch import Scratch
 from compresslab.steps import data_of
 from compresslab.steps.common import load_model
@@ -49,6 +55,8 @@ from compresslab.study.spec import Child, ModelSpec, RunOptions, check_children
 from compresslab.train.recipe import Recipe, Seed
 
 OTHER_SEED = 1000  # the independent retrain of replicate s is trained at OTHER_SEED + s
+#: Baselines, never tested themselves: retrains of the parent and students from scratch.
+CONTROLS = ("independent", "scratch", "siddo", "disdo")
 #: Similarity metrics and whether larger means "closer to the parent".
 METRICS = {"agreement": True, "kappa": True, "js_divergence": False, "activation_distance": False,
            "output_cosine": True, "cka": True}
@@ -70,6 +78,9 @@ class CompressionFunctionalSpec(RunOptions):
     recipe: Recipe = Field(default_factory=Recipe)
     children: list[Child] = Field(min_length=1)
     student_from_scratch: bool = Field(True, description="control: each KD student's architecture with CE only")
+    retrain_controls: list[Literal["siddo", "disdo"]] = Field(
+        default_factory=list, description="retrains of the parent's architecture: siddo keeps its initialisation "
+        "(another data order), disdo its data order (another initialisation)")
     metrics: list[Literal[tuple(METRICS)]] = Field(
         default_factory=lambda: ["agreement", "js_divergence", "cka"],
         min_length=1, description="metrics tested against the independent baseline (all are reported)")
@@ -93,7 +104,7 @@ def _check(spec: CompressionFunctionalSpec, source: str) -> None:
 
 
 def family(entry, children: dict) -> str:
-    if entry.method in ("independent", "scratch"):
+    if entry.method in CONTROLS:
         return entry.method
     if entry.method == "quantize" and children[entry.name].source is not None:
         return "pruning+quantization"
@@ -113,6 +124,11 @@ def replicates(spec: CompressionFunctionalSpec) -> dict[int, list[Entry]]:
             if e.method == "independent":
                 e.name = "independent"
             e.info["seed"] = s
+        parent = entries[0].step
+        for control in dict.fromkeys(spec.retrain_controls):
+            init, order = (s, OTHER_SEED + s) if control == "siddo" else (OTHER_SEED + s, s)
+            step = Step("train", {**parent.spec, "seed": init, "data_seed": order}, label=control)
+            entries.append(Entry(control, "control", control, step, {"seed": s}))
         out[s] = entries
     return out
 
@@ -132,7 +148,7 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
             Scratch() as cache:
         for seed, entries in reps.items():
             data = data_of(entries[0].step.spec)
-            x, _ = data.split(spec.split)
+            x, y = data.split(spec.split)
             if len(x) < 4:
                 raise UserError(f"the {spec.split} split has {len(x)} examples; the metrics need more "
                                 "(use split: test or a larger val_fraction)")
@@ -155,7 +171,9 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
                 row = {"name": e.name, "family": fam, "seed": seed, "step": d.name,
                        "accuracy": metrics["accuracy"][spec.split], "cost": cost,
                        "compression_ratio": parent_bits / max(1, cost["nonzero_bytes"]),
-                       "function": compare_logits(parent_logits, np.load(d / f"logits_{spec.split}.npy"))}
+                       "function": compare_logits(parent_logits, logits := np.load(d / f"logits_{spec.split}.npy"))}
+                if e.role != "parent":
+                    row["by_correctness"] = split_by_correctness(parent_logits, logits, y.cpu().numpy())
                 if e.method == "distill" and spec.student_from_scratch:
                     row["scratch_control"] = scratch[canonical_json(e.step.spec["student"])]
                 if "sparsity" in metrics:
@@ -220,7 +238,7 @@ def analyse(spec: CompressionFunctionalSpec, rows: list[dict]) -> dict:
         notes.append("CKA not measured: the parent exposes no feature points (name some with cka_points)")
     comparisons = []
     for n, group in by_name.items():
-        if n in ("parent", "independent"):
+        if n == "parent" or group[0]["family"] in ("independent", "siddo", "disdo"):
             continue
         # every model against the independent retrain; a KD student also against its
         # architecture trained from scratch (the paper's control for distillation)
@@ -240,7 +258,28 @@ def analyse(spec: CompressionFunctionalSpec, rows: list[dict]) -> dict:
         notes.append(f"With {len(spec.seeds)} replicates and {len(tests)} tests the exact permutation test cannot "
                      f"reach p<{spec.alpha:g} after Holm (smallest reachable: {stats.permutation_floor(tests):.2g}); "
                      "significance rests on Welch's test. More seeds let the permutation test confirm it.")
-    return {"summaries": summaries, "tests": tests, "notes": notes, "headline": headline(tests, spec.metrics)}
+    inherited = inheritance(spec, by_name, notes)
+    return {"summaries": summaries, "tests": tests, "notes": notes, **inherited,
+            "headline": headline(tests, spec.metrics) + [a["verdict_line"] for a in inherited["asymmetry"].values()]}
+
+
+def inheritance(spec: CompressionFunctionalSpec, by_name: dict[str, list[dict]], notes: list[str]) -> dict:
+    """Per model: agreement with its parent on the examples the parent gets right and wrong
+    (mean and CI over replicates), and the asymmetry of that transfer against the retrain
+    control (``siddo`` if run, else ``independent``), paired by replicate, Holm across models."""
+    keys = ("agree_right", "agree_wrong", "other_wrong_given_wrong", "same_error_given_both_wrong")
+    correctness = {}
+    for n, group in by_name.items():
+        if n != "parent":
+            correctness[n] = {k: stats.summarize(v, seed=spec.seeds[0]) if (v := [
+                r["by_correctness"][k] for r in group if r["by_correctness"][k] is not None]) else None for k in keys}
+    control = "siddo" if "siddo" in by_name else "independent"
+    ctrl = {r["seed"]: r["by_correctness"] for r in by_name.get(control, [])}
+    pairs = {n: [(r["by_correctness"], ctrl[r["seed"]]) for r in group if r["seed"] in ctrl]
+             for n, group in by_name.items() if n != "parent" and group[0]["family"] not in CONTROLS}
+    found, more = asymmetry_family(pairs, control=control, alpha=spec.alpha, seed=spec.seeds[0], unit="replicates")
+    notes += more
+    return {"correctness": correctness, "control": control, "asymmetry": found}
 
 
 def headline(tests: list[dict], metrics: list[str]) -> list[str]:
