@@ -44,6 +44,7 @@ from compresslab.train import (
     register_term,
     require_teacher,
 )
+from compresslab.train.fit import auto_stream
 
 NOISE_KINDS = ("uniform-noise", "gaussian-noise")
 #: ``distill``'s loss when none is given: Hinton KD with α = 0.9.
@@ -140,12 +141,13 @@ class TeacherSignal:
         if self.teacher is None:
             return
         self.teacher.eval()
+        dev = model_device(self.teacher)  # where the batches' indices are, streamed or not
         attention = [p for p in self._attention_points if p not in self.cached_maps]
         if cache:
             if self._wants_logits and self.cached_logits is None:
-                self.cached_logits = _in_scratch(scratch, "logits", evaluate_logits(self.teacher, x))
+                self.cached_logits = _in_scratch(scratch, "logits", evaluate_logits(self.teacher, x).to(dev))
             maps = teacher_attention_maps(self.teacher, x, attention) if attention else {}
-            self.cached_maps.update({p: _in_scratch(scratch, f"at{i}", m) for i, (p, m) in enumerate(maps.items())})
+            self.cached_maps.update({p: _in_scratch(scratch, f"at{i}", m.to(dev)) for i, (p, m) in enumerate(maps.items())})
             attention = []
         self.live_points = list(dict.fromkeys([*attention, *self._feature_points]))
 
@@ -407,7 +409,8 @@ def distill(teacher: nn.Module | torch.Tensor, student: nn.Module, data: Dataset
     and cached teacher outputs stay there (on CPU: in RAM-backed scratch memmaps).
     """
     device = model_device(student)
-    data = data.to(device)
+    if not auto_stream(data.x_train, data.y_train, device):  # else fit streams it from host memory
+        data = data.to(device)
     if isinstance(teacher, nn.Module):
         teacher.to(device)
     signal, loss_fn = _distill_loss(teacher, student, data, dict(loss or DEFAULT_LOSS),

@@ -15,6 +15,8 @@ class Dataset:
 
     ``x_*`` are float32 of shape ``(N, C, *spatial)``; ``y_*`` are int64 labels.
     ``notes`` records anything a report must mention (e.g. a carved test split).
+    ``meta`` holds dataset-specific extras, e.g. ``meta["retrieval"]`` for re-identification
+    datasets (see :mod:`compresslab.data.retrieval`); it is carried along by :meth:`to`.
     """
 
     name: str
@@ -26,6 +28,7 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     notes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,7 +61,8 @@ class Dataset:
             return self
         moved = {f"{a}_{s}": getattr(self, f"{a}_{s}").to(device, non_blocking=non_blocking)
                  for s in SPLITS for a in ("x", "y")}
-        return Dataset(self.name, **moved, num_classes=self.num_classes, notes=list(self.notes))
+        return Dataset(self.name, **moved, num_classes=self.num_classes, notes=list(self.notes),
+                       meta=dict(self.meta))  # meta as is: its small tensors stay on their device
 
 
 def batches(
@@ -82,6 +86,61 @@ def batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         yield idx, x[idx], y[idx]
+
+
+def stream_batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Shuffled ``(idx, x[idx], y[idx])`` on ``device`` for ``x`` / ``y`` kept in host memory.
+
+    The permutation is drawn on the CPU (give a CPU ``generator``) exactly as
+    :func:`batches` draws it for CPU tensors, so on the CPU both yield the same batches.
+    Each batch is gathered on the host and copied to ``device``; ``idx`` is copied too.
+    On CUDA the gather goes into page-locked (pinned) memory, recycled by torch's caching
+    host allocator, and the copy is ``non_blocking`` on a side stream. The next batch is
+    gathered and its copy issued before the current one is handed over, so both overlap
+    the caller's work on it; the current stream waits for a batch's copy (on the device,
+    not the host) before using it.
+    """
+    device = torch.device(device)
+    if x.device.type != "cpu" or y.device.type != "cpu":
+        raise ValueError(f"stream_batches: x and y must be in host memory, got {x.device} and {y.device}")
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator)
+    if device.type != "cuda":
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield idx.to(device), x[idx].to(device), y[idx].to(device)
+        return
+
+    order = order.pin_memory()
+    side = torch.cuda.Stream(device)
+
+    def load(start: int) -> tuple[list[torch.Tensor], torch.cuda.Event]:
+        idx = order[start : start + batch_size]
+        host = [idx] + [torch.index_select(t, 0, idx, out=torch.empty((idx.shape[0], *t.shape[1:]), dtype=t.dtype,
+                                                                        pin_memory=True)) for t in (x, y)]
+        with torch.cuda.stream(side):
+            moved = [t.to(device, non_blocking=True) for t in host]
+            copied = torch.cuda.Event()
+            copied.record(side)
+        return moved, copied
+
+    ahead = load(0)
+    for start in range(0, n, batch_size):
+        batch, copied = ahead
+        if start + batch_size < n:
+            ahead = load(start + batch_size)
+        current = torch.cuda.current_stream(device)
+        current.wait_event(copied)
+        for t in batch:
+            t.record_stream(current)  # allocated on the side stream, used on this one
+        yield batch[0], batch[1], batch[2]
 
 
 def augment(

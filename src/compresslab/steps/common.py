@@ -19,6 +19,7 @@ from compresslab.models import create_model
 from compresslab.runs.checkpoint import load_checkpoint, save_checkpoint
 from compresslab.runs.store import Step, write_json
 from compresslab.train import evaluate_logits
+from compresslab.train.fit import auto_stream
 
 EVAL_SPLITS = ("val", "test")
 
@@ -35,10 +36,13 @@ def _dataset_on(name: str, val_fraction: float, seed: int, device: str) -> Datas
 
 def data_of(spec: dict, device: torch.device | None = None) -> Dataset:
     """The dataset a step spec names in its ``data`` block; with ``device``, a copy kept
-    there (moved once per process, so consecutive steps on a GPU share it)."""
+    there (moved once per process, so consecutive steps on a GPU share it), unless its
+    training split is too large for the device's free memory: then it stays in host memory
+    and training streams it (:func:`compresslab.train.fit.auto_stream`)."""
     d = spec["data"]
-    if device is None or device.type == "cpu":
-        return dataset(d["name"], d["val_fraction"], d["seed"])
+    data = dataset(d["name"], d["val_fraction"], d["seed"])
+    if device is None or device.type == "cpu" or auto_stream(data.x_train, data.y_train, device):
+        return data
     return _dataset_on(d["name"], d["val_fraction"], d["seed"], str(device))
 
 

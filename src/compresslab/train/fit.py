@@ -2,12 +2,14 @@
 
 ``fit`` is deliberately a plain loop over tensor-indexed batches: same model
 initialisation + recipe + seed give bit-identical weights on CPU (and on CUDA under
-deterministic algorithms). It trains where the model is: the data move to that device
-once, and batch order and augmentation are drawn there by a generator on the device. On
-CPU its per-step overhead over a hand-written loop is a few small tensor ops and one
+deterministic algorithms). It trains where the model is: the training split moves to that
+device once, and batch order and augmentation are drawn there by a generator on the
+device; a split too large for the device streams from host memory instead (``stream``).
+On CPU its per-step overhead over a hand-written loop is a few small tensor ops and one
 ``.item()``; on CUDA the loss is read back only every ``check_every`` steps, so the
 host never waits for the GPU in between (see ``benchmarks/train_throughput.py`` and
-``benchmarks/gpu_throughput.py``).
+``benchmarks/gpu_throughput.py``). ``recipe.compile`` runs the model through
+``torch.compile`` (``benchmarks/compile_cpu.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresslab.data.core import Dataset, augment, batches
+from compresslab.data.core import Dataset, augment, batches, stream_batches
 from compresslab.device import model_device, precision_flags
 from compresslab.errors import UserError
 from compresslab.train.losses import Loss, StepContext, Term, compose_loss
@@ -55,9 +57,53 @@ def native_bf16() -> bool:
 
 #: On CUDA, steps between loss read-backs (the NaN check and the progress events).
 CHECK_EVERY = 50
+#: ``fit(stream=None)`` streams the training split from host memory when it would take more
+#: than this fraction of the device's free memory (:func:`should_stream`).
+STREAM_FRACTION = 0.5
 #: A run whose train accuracy is still at chance after this many epochs, with a flat
 #: loss, has collapsed (see :func:`_collapsed`).
 HEALTH_EPOCHS = 3
+
+
+def should_stream(nbytes: int, free_bytes: int | None) -> bool:
+    """Whether a training split of ``nbytes`` is too large to move to a device with
+    ``free_bytes`` free: more than :data:`STREAM_FRACTION` of it (the rest is for the
+    model, its activations and the optimizer state). False when ``free_bytes`` is None
+    (unknown)."""
+    return free_bytes is not None and nbytes > STREAM_FRACTION * free_bytes
+
+
+def device_free_bytes(device: torch.device) -> int | None:
+    """Memory a new tensor could take on ``device``: on CUDA the driver's free memory plus
+    what torch's caching allocator holds unused; None on other devices (unknown, or the
+    host memory the data are in already)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def auto_stream(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> bool:
+    """What ``fit(stream=None)`` does: stream ``(x, y)`` when they are not on ``device``
+    already and :func:`should_stream` given :func:`device_free_bytes`."""
+    return x.device != device and should_stream(x.nbytes + y.nbytes, device_free_bytes(device))
+
+
+def _compile(model: nn.Module) -> tuple[nn.Module, tuple[type[BaseException], ...]]:
+    """``torch.compile(model)`` and the exception its backend raises when it cannot work
+    here (no C++ compiler, no triton, ...), or a one-line :class:`UserError` right away."""
+    try:
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        return torch.compile(model), (BackendCompilerFailed,)
+    except (ImportError, RuntimeError) as e:
+        raise UserError(_compile_message(e)) from None
+
+
+def _compile_message(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (f"recipe: compile: torch.compile does not work here ({lines[0][:160] if lines else type(e).__name__}); "
+            "use compile: false")
 
 
 def _nan_message(value: float, epoch: int, step: int, global_step: int) -> str:
@@ -106,6 +152,7 @@ def fit(
     shard: tuple[int, int] | None = None,
     check_every: int | None = None,
     health: bool = True,
+    stream: bool | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data.x_train`` / ``data.y_train`` following ``recipe``.
 
@@ -130,8 +177,31 @@ def fit(
       the averaged gradient is that of the whole batch. Step events describe this rank's
       slices; under an initialised process group the history sums over all ranks.
 
-    Training runs on the model's device; ``data`` moves there once (a no-op when it is
-    there already). Precision (``recipe.precision``):
+    Training runs on the model's device; the training split moves there once (a no-op
+    when it is there already), unless it streams.
+
+    ``stream``: keep the training split in host memory and copy one batch at a time to the
+    device (:func:`~compresslab.data.core.stream_batches`: on CUDA gathered into pinned
+    memory, copied ``non_blocking`` on a side stream, the next batch's copy overlapping the
+    current step). None (default) decides by :func:`auto_stream`: stream when the split is
+    not on the device already and would take more than :data:`STREAM_FRACTION` of the
+    device's free memory (:func:`device_free_bytes`; only CUDA reports it, so elsewhere
+    None means resident); True forces streaming, False forces the resident split.
+    Streaming draws the batch order from a CPU generator seeded with ``seed`` and the
+    augmentation on the device, as the resident path does. On CPU, where the resident
+    path's generator is that CPU generator, streamed and resident training give
+    bit-identical weights and history. On CUDA the resident path draws its order on the
+    device, so the two see different (equally seeded, reproducible) batch orders.
+    Evaluation is not affected: :func:`evaluate_logits` moves one batch at a time.
+
+    ``recipe.compile``: the forward (and so the backward) runs through
+    ``torch.compile(model)``; ``model`` itself is the one trained and returned, and
+    feature hooks (:func:`~compresslab.models.capture_features`) still fire. Compiling
+    costs seconds to minutes on the first batch and again on the first batch of another
+    size (an epoch's last); where torch.compile cannot work (no C++ compiler for the CPU
+    backend, no triton on CUDA) the first step raises a one-line :class:`UserError`.
+
+    Precision (``recipe.precision``):
 
     - ``fp32``: true fp32 (TF32 off on CUDA); ``tf32``: TF32 matmuls and convolutions on CUDA;
     - ``fast``: 4-D inputs and the model go channels_last, and the forward runs under bf16
@@ -159,8 +229,14 @@ def fit(
     else:
         loss_fn = compose_loss(loss or {"ce": 1.0}, terms, label_smoothing=recipe.label_smoothing)
 
-    data = data.to(device)
     x, y = data.x_train, data.y_train
+    if stream is None:
+        stream = auto_stream(x, y, device)
+    if stream:  # the order from a CPU generator: the device's one on CPU, else its own
+        x, y = x.cpu(), y.cpu()
+        order_gen = gen if gen.device.type == "cpu" else torch.Generator().manual_seed(seed)
+    else:
+        x, y = x.to(device), y.to(device)
     n = int(y.shape[0])
     if n == 0:
         raise UserError(f"dataset {data.name!r}: the training split is empty")
@@ -219,6 +295,7 @@ def fit(
         buffers = list(model.buffers())
         saved = [b.clone() for b in buffers]
         amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        forward, compile_failed = _compile(model) if recipe.compile else (model, ())
         capture = contextlib.nullcontext({})
         if loss_fn.feature_points:
             from compresslab.models import capture_features
@@ -232,7 +309,9 @@ def fit(
                 loss_sum = 0.0
                 correct = torch.zeros((), dtype=torch.long, device=device)  # read back at epoch end
                 window: list[tuple[torch.Tensor, int, int, int]] = []  # CUDA: (loss, batch, step, global step)
-                for step, (idx, xb, yb) in enumerate(batches(x, y, bs, shuffle=True, generator=gen), 1):
+                epoch_batches = (stream_batches(x, y, bs, device, generator=order_gen) if stream
+                                 else batches(x, y, bs, shuffle=True, generator=gen))
+                for step, (idx, xb, yb) in enumerate(epoch_batches, 1):
                     if shard is not None and yb.shape[0] < world:
                         break  # a tail batch too small to split: every rank drops it
                     global_step += 1
@@ -250,7 +329,7 @@ def fit(
                     nb = yb.shape[0]
                     try:
                         with amp():
-                            out = model(xb)
+                            out = forward(xb)
                         logits = out.float()
                         ctx = StepContext(model, xb, yb, idx, logits, features, epoch, step, global_step)
                         total, _ = loss_fn(ctx)
@@ -270,6 +349,8 @@ def fit(
                         raise UserError(f"out of {device.type} memory at batch size {bs} "
                                         f"({str(e).splitlines()[0][:120]}); use a smaller batch size, "
                                         f"e.g. --batch-size {max(1, bs // 2)}") from None
+                    except compile_failed as e:
+                        raise UserError(_compile_message(e)) from None
                     scheduler.step()
                     if after_step is not None:
                         after_step(model)

@@ -10,7 +10,16 @@ from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from compresslab.errors import UserError
 
@@ -36,6 +45,9 @@ class Recipe(BaseModel):
 
     ``milestones`` and ``warmup_epochs`` are in epochs (milestones as fractions of
     ``epochs``); schedules are evaluated per optimizer step, not per epoch.
+
+    ``compile`` is left out of :meth:`model_dump` while it is false, so the dumps (and
+    the step hashes made from them) of recipes written before it existed are unchanged.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -58,6 +70,7 @@ class Recipe(BaseModel):
     precision: Literal["fp32", "tf32", "fast"] = Field(
         "fp32", description="fp32 (true fp32, TF32 off), tf32 (TF32 matmuls on CUDA), or fast (bf16 autocast + "
         "channels_last on CUDA, and on CPUs with native bf16)")
+    compile: bool = Field(False, description="run the model through torch.compile (left out of the dump when false)")
 
     @field_validator("milestones")
     @classmethod
@@ -75,6 +88,13 @@ class Recipe(BaseModel):
         if self.epochs and self.warmup_epochs > self.epochs:
             raise ValueError("warmup_epochs: must not exceed epochs")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if not self.compile:
+            out.pop("compile", None)
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "recipe") -> Recipe:
