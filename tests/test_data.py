@@ -107,9 +107,10 @@ def make_npz(path, x_train, y_train, x_test, y_test, **extra):
 
 def test_registry_and_names():
     assert list_datasets() == [
-        "mnist1d", "digits", "mnist:DIR", "cifar10:DIR", "cifar100:DIR", "npz:FILE"
+        "mnist1d", "digits", "mnist:DIR", "cifar10:DIR", "cifar100:DIR", "npz:FILE", "identities:synthetic",
+        "market1501:DIR",
     ]
-    assert set(DATASETS) == {"mnist1d", "digits", "mnist", "cifar10", "cifar100", "npz"}
+    assert set(DATASETS) == {"mnist1d", "digits", "mnist", "cifar10", "cifar100", "npz", "identities", "market1501"}
     assert SPLITS == ("train", "val", "test")
 
 

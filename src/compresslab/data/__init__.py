@@ -3,6 +3,11 @@
 Every dataset comes back as a :class:`Dataset` of float32 ``(N, C, *spatial)``
 inputs and int64 labels, with a seeded validation split carved from train and
 inputs standardised per channel with the train split's mean and std.
+
+Retrieval (re-identification) datasets, ``identities:synthetic`` and ``market1501:DIR``,
+train on identity classes and test by retrieval on disjoint identities: their test split
+is query then gallery images, described by ``Dataset.meta["retrieval"]``, and test
+accuracy is meaningless for them (see :mod:`compresslab.data.retrieval`).
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compresslab.data import loaders
+from compresslab.data import loaders, retrieval
 from compresslab.data.core import SPLITS, Dataset, augment, batches
 from compresslab.errors import UserError
 
@@ -50,6 +55,8 @@ DATASETS: dict[str, Loader] = {
     "cifar10": Loader(loaders.load_cifar10, "DIR"),
     "cifar100": Loader(loaders.load_cifar100, "DIR"),
     "npz": Loader(loaders.load_npz, "FILE"),
+    "identities": Loader(retrieval.load_identities, "synthetic"),
+    "market1501": Loader(retrieval.load_market1501, "DIR"),
 }
 
 
@@ -95,29 +102,40 @@ def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Data
     """Load a dataset by name, carve a seeded validation split and standardise.
 
     ``name`` is one of :func:`list_datasets` (``mnist1d``, ``digits``,
-    ``mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``, ``npz:FILE``), optionally with
+    ``mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR``, ``npz:FILE``, and the retrieval
+    datasets ``identities:synthetic``, ``market1501:DIR``), optionally with
     ``@N``: a seeded random subset of N training and at most N test examples (smoke
-    runs of large presets). The validation split is ``val_fraction`` of train (at least
-    one example when positive) chosen by ``torch.Generator().manual_seed(seed)``. The
-    same name and seed always give identical tensors.
+    runs of large presets; for retrieval datasets, whole test identities). The
+    validation split is ``val_fraction`` of train (at least one example when positive)
+    chosen by ``torch.Generator().manual_seed(seed)``. The same name and seed always
+    give identical tensors.
+
+    For a retrieval dataset ``num_classes`` is the number of training identities, the
+    test labels are identity labels (``-1`` allowed: junk), not classes, and
+    ``meta["retrieval"]`` holds ``n_query``, ``cams_test`` and ``ids_test``.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
     base, subset = _subset(name)
     loader, path = _resolve(base)
     raw = loader(path, seed)
+    is_retrieval = retrieval.is_retrieval(raw)
     if subset is not None:
-        raw = loaders.subset(raw, subset, seed)
+        raw = (retrieval.subset if is_retrieval else loaders.subset)(raw, subset, seed)
     n = len(raw.y_train)
     if n == 0 or len(raw.y_test) == 0:
         raise UserError(
             f"dataset {name!r} is empty ({n} train, {len(raw.y_test)} test examples); "
             "check the files"
         )
-    labels = np.concatenate([raw.y_train, raw.y_test])
-    if labels.min() < 0:
-        raise UserError(f"dataset {name!r} has negative labels (min {labels.min()}); use 0..K-1")
-    num_classes = max(int(labels.max()) + 1, raw.num_classes or 0)
+    if is_retrieval:  # test labels are identities, not classes: -1 allowed, not counted
+        retrieval.check(raw, name)
+        num_classes = raw.num_classes or int(raw.y_train.max()) + 1
+    else:
+        labels = np.concatenate([raw.y_train, raw.y_test])
+        if labels.min() < 0:
+            raise UserError(f"dataset {name!r} has negative labels (min {labels.min()}); use 0..K-1")
+        num_classes = max(int(labels.max()) + 1, raw.num_classes or 0)
 
     n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
     if n_val >= n:
@@ -142,4 +160,17 @@ def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Data
         y_test=y_test,
         num_classes=num_classes,
         notes=list(raw.notes),
+        meta=_tensors(raw.meta or {}),
     )
+
+
+def _tensors(meta: dict) -> dict:
+    """``meta`` with every numpy array (in nested dicts too) as a tensor (integers as int64)."""
+    def convert(v):
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        if isinstance(v, np.ndarray):
+            return torch.tensor(v, dtype=torch.int64 if v.dtype.kind in "iu" else None)
+        return v
+
+    return convert(meta)

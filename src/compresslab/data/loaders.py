@@ -31,6 +31,8 @@ class Raw:
 
     ``x_*`` are float32 ``(N, C, *spatial)``, ``y_*`` int64 ``(N,)``.
     ``num_classes`` is the dataset's known class count, or ``None`` to infer it.
+    ``meta`` is dataset-specific extras for :attr:`Dataset.meta` (numpy arrays in it become
+    tensors), e.g. ``{"retrieval": ...}`` from :mod:`compresslab.data.retrieval`.
     """
 
     x_train: np.ndarray
@@ -39,6 +41,7 @@ class Raw:
     y_test: np.ndarray
     num_classes: int | None = None
     notes: list[str] = field(default_factory=list)
+    meta: dict | None = None
 
 
 def carve(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
