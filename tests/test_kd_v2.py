@@ -208,7 +208,7 @@ def test_compression_functional_gets_the_retrain_controls_and_the_correctness_sp
     assert "copy the parent&#x27;s mistakes" in page or "copy the parent's mistakes" in page
 
 
-@pytest.mark.parametrize("preset", ["kd-functional-v2", "kd-functional-v2-digits", "kd-functional-v2-gru"])
+@pytest.mark.parametrize("preset", ["kd-functional-v2", "kd-functional-v2-digits", "kd-functional-v2-transformer"])
 def test_v2_presets_expand_to_distinct_steps_sharing_the_first_edition_teacher(preset):
     from compresslab.study import load_spec
 
