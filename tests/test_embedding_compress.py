@@ -115,16 +115,6 @@ def test_bits_outside_1_to_16_are_a_one_line_user_error(bits):
         one_line_error(make, "bits must be 1-16")
 
 
-def test_slicing_and_nested_slices():
-    x = torch.randn(4, 16)
-    assert torch.equal(E.SliceEmbedding(6)(x), x[:, :6])
-    assert "k=17 wider than the embedding D=16" in one_line_error(lambda: E.SliceEmbedding(17)(x), "wider than")
-    assert E.nested_slices(128, [64, 8, 32, 128]) == (8, 32, 64, 128)
-    one_line_error(lambda: E.nested_slices(16, [8, 32]), "wider than the embedding D=16")
-    one_line_error(lambda: E.nested_slices(16, [8, 8]), "distinct")
-    one_line_error(lambda: E.nested_slices(16, [0, 4]), "at least 1")
-
-
 def test_pca_matches_sklearn_and_error_falls_with_k():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 10)) @ rng.normal(size=(10, 10)) + rng.normal(size=10)
@@ -141,13 +131,6 @@ def test_pca_matches_sklearn_and_error_falls_with_k():
         errors.append(float((E.pca_reconstruct(E.pca_project(t, m, c), m, c) - t).pow(2).mean()))
     assert all(a > b for a, b in zip(errors, errors[1:])) and errors[-1] < 1e-20
     one_line_error(lambda: E.pca_fit(t, 11), "k <= min")
-
-
-def test_low_rank_bottleneck_has_rank_r():
-    m = E.LowRankEmbedding(32, 3, 16)
-    assert m(torch.randn(5, 32)).shape == (5, 16)
-    assert torch.linalg.matrix_rank(m.up.weight @ m.down.weight) == 3
-    one_line_error(lambda: E.LowRankEmbedding(32, 17, 16), "rank r=17")
 
 
 def test_importance_keep_top_and_pruned_layer_equals_sliced_output():

@@ -41,7 +41,8 @@ def study(
     """Run a study (train the parent, make children, controls), write report.html and results.json.
 
     Study kinds: the plain study (no `kind`), kurtosis, kd-functional, moonshine,
-    linear-substitution, compression-functional and blockswap. Before anything is written the
+    linear-substitution, compression-functional, blockswap and embedding-compression.
+    Before anything is written the
     dataset loads, every model builds and every step passes its checks.
 
     Re-running resumes: every finished step is reused from the run store. A step that
@@ -52,6 +53,8 @@ def study(
     Examples:
       compresslab study                 # the default study on mnist1d
       compresslab study --preset kd-functional   # KD vs controls, 6 conditions x 5 seeds
+      compresslab study --preset kd-functional-v2   # SIDDO/DISDO controls, error inheritance, sweeps
+      compresslab study --preset embedding-compression   # ReID embeddings: slicing, PCA, pruning, QAT to 128x
       compresslab study --preset compression-functional   # KD, pruning, quantisation vs retrains
       compresslab study my-study.yaml --runs /scratch/runs --workers 2
       compresslab study my-study.yaml --executor ray --ray-address auto --runs s3://bucket/runs

@@ -17,6 +17,10 @@ def apply_transform(model: nn.Module, transform: dict) -> nn.Module:
         return q.quantize_dynamic_int8(model)
     if kind == "fake-quant":
         return q.apply_fake_quant_transform(model, transform)
+    if kind == "embedding-quant":
+        from compresslab.compress.embedding import apply_embedding_quant_transform
+
+        return apply_embedding_quant_transform(model, transform)
     if kind == "quantize-static":
         shape = (getattr(model, "compresslab_config", None) or {}).get("input_shape")
         if not shape:

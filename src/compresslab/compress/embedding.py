@@ -17,9 +17,9 @@ Ways to cut it, each a pure function or module here (training is wired up elsewh
   quantiser's ``lo`` / ``hi`` are stored once (:attr:`EmbeddingQuantizer.param_bytes`).
 * **QAT**: :class:`FakeQuantEmbedding` tracks the range by an exponential moving average of
   batch ranges in training, freezes it in eval, with straight-through gradients.
-* **Slicing** to the first k dims (:class:`SliceEmbedding`; Matryoshka k's: :func:`nested_slices`).
-* **Low rank**: a rank-r bottleneck (:class:`LowRankEmbedding`), or training-free PCA of the
-  parent's embeddings (:func:`pca_fit`, :func:`pca_project`).
+* **Slicing** to the first k dims and a rank-r bottleneck are options of the ``embedder``
+  model (:mod:`compresslab.models.embedding`), trained so from initialisation; the
+  training-free baseline is PCA of the parent's embeddings (:func:`pca_fit`, :func:`pca_project`).
 * **Dimension pruning**: rank dims (:func:`dimension_importance`), keep the best
   (:func:`keep_top`), cut the output layer's rows (:func:`prune_dimensions`); repeat with
   fine-tuning in between for iterative structured pruning.
@@ -197,44 +197,6 @@ class FakeQuantEmbedding(nn.Module):
         return f"bits={self.bits}, per_dim={self.per_dim}, momentum={self.momentum}"
 
 
-class SliceEmbedding(nn.Module):
-    """Keeps the first ``k`` dims of the embedding (Matryoshka-style truncation)."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        if k < 1:
-            raise UserError(f"slice k={k}: must be at least 1")
-        self.k = k
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.k > x.shape[-1]:
-            raise UserError(f"slice k={self.k} wider than the embedding D={x.shape[-1]}")
-        return x[..., : self.k]
-
-
-def nested_slices(d: int, ks) -> tuple[int, ...]:
-    """Validated Matryoshka widths: distinct, 1 <= k <= d; returned ascending."""
-    ks = sorted(int(k) for k in ks)
-    if not ks or ks[0] < 1 or len(set(ks)) != len(ks):
-        raise UserError(f"nested slice widths {ks}: give distinct widths of at least 1")
-    if ks[-1] > d:
-        raise UserError(f"slice k={ks[-1]} wider than the embedding D={d}")
-    return tuple(ks)
-
-
-class LowRankEmbedding(nn.Module):
-    """A rank-``r`` bottleneck ``d_in -> r -> d_out``: two Linears, no nonlinearity between."""
-
-    def __init__(self, d_in: int, r: int, d_out: int, bias: bool = True):
-        super().__init__()
-        if not 1 <= r <= min(d_in, d_out):
-            raise UserError(f"rank r={r}: must be from 1 to min(d_in, d_out) = {min(d_in, d_out)}")
-        self.down, self.up = nn.Linear(d_in, r, bias=False), nn.Linear(r, d_out, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
-
-
 def pca_fit(parent_embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean (D,), components (k, D))`` of the top-k principal axes, each signed so its
     largest-magnitude entry is positive (deterministic)."""
@@ -316,3 +278,78 @@ def stored_compression_ratio(parent_store, child_store) -> float:
     if child == 0:
         raise UserError("the child store is empty; a compression ratio needs at least one stored embedding")
     return stored_bytes(parent_store) / child
+
+
+# -- on an embedder (compresslab.models.embedding) --------------------------------------------
+
+
+def _embedding_module(model: nn.Module) -> nn.Module:
+    module = getattr(model, "embedding", None)
+    if module is None:
+        raise UserError(f"{type(model).__name__} has no embedding to compress; use an embedder model "
+                        "(--model embedder -o backbone=...)")
+    return module
+
+
+def attach_embedding_quant(model: nn.Module, bits: int, *, per_dim: bool = True,
+                           percentile: float = 100.0) -> FakeQuantEmbedding:
+    """Put a :class:`FakeQuantEmbedding` after ``model.embedding`` (in place), so the stored
+    embedding, every loss on it and the classifier see the quantised values; returns it."""
+    fq = FakeQuantEmbedding(bits, per_dim=per_dim, percentile=percentile)
+    model.embedding = nn.Sequential(_embedding_module(model), fq)
+    return fq
+
+
+def embedding_quantizer(model: nn.Module) -> EmbeddingQuantizer | None:
+    """The quantiser of the codes ``model`` stores, or None for float embeddings."""
+    fq = next((m for m in _embedding_module(model).modules() if isinstance(m, FakeQuantEmbedding)), None)
+    return fq.quantizer() if fq is not None else None
+
+
+def detach_embedding_quant(model: nn.Module) -> dict:
+    """Remove the quantiser :func:`attach_embedding_quant` put in (in place) and return the
+    checkpoint transform that puts it back: ``{"kind": "embedding-quant", ...}``."""
+    seq = _embedding_module(model)
+    fq = seq[1]
+    model.embedding = seq[0]
+    return {"kind": "embedding-quant", "bits": fq.bits, "per_dim": fq.per_dim, "percentile": fq.percentile,
+            "lo": fq.lo.cpu().tolist(), "hi": fq.hi.cpu().tolist()}
+
+
+def apply_embedding_quant_transform(model: nn.Module, t: dict) -> nn.Module:
+    """A copy of ``model`` with the recorded embedding quantiser (frozen range), in eval mode."""
+    import copy
+
+    model = copy.deepcopy(model)
+    fq = attach_embedding_quant(model, t["bits"], per_dim=t["per_dim"], percentile=t["percentile"])
+    dev = next(model.parameters()).device
+    fq.lo, fq.hi = torch.tensor(t["lo"], device=dev), torch.tensor(t["hi"], device=dev)
+    return model.eval()
+
+
+def prune_embedder(model: nn.Module, keep: torch.Tensor) -> nn.Module:
+    """A new embedder keeping embedding dimensions ``keep`` of ``model`` (a plain embedder:
+    no rank or slice): the backbone's projection loses the other rows, the BNNeck their
+    statistics and the classifier their columns; the config says ``dim = len(keep)``."""
+    from compresslab.models import build_from_config, model_config
+
+    cfg = model_config(model)
+    opts = cfg.get("options", {})
+    if cfg["name"] != "embedder" or opts.get("rank") or opts.get("slice"):
+        raise UserError("embedding pruning needs a plain embedder (no rank or slice option)")
+    dim = opts.get("dim", 128)
+    linears = [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1][1].out_features != dim:
+        raise UserError(f"embedding pruning needs a backbone whose last layer is a Linear with {dim} outputs")
+    keep = keep.to(torch.long).cpu()
+    last = f"backbone.{linears[-1][0]}."
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith(last) or (k.startswith("neck.") and v.dim() == 1):
+            v = v[keep.to(v.device)]
+        elif k == "classifier.weight":
+            v = v[:, keep.to(v.device)]
+        state[k] = v
+    pruned = build_from_config({**cfg, "options": {**opts, "dim": int(len(keep))}})
+    pruned.load_state_dict(state)
+    return pruned.to(next(model.parameters()).device)

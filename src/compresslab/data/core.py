@@ -88,6 +88,31 @@ def batches(
         yield idx, x[idx], y[idx]
 
 
+def pk_order(y: torch.Tensor, batch_size: int, instances: int, steps: int,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices for ``steps`` batches of ``batch_size``, each made of runs of ``instances``
+    examples of one class (P x K sampling for metric losses: Hermans et al. 2017).
+
+    Every class's examples are shuffled and cut into runs of ``instances`` (a short last
+    run is filled by drawing again from that class), the runs are shuffled, and the first
+    ``steps * batch_size`` indices are kept (drawn again if they run short). On the CPU,
+    with a CPU ``generator``."""
+    y = y.cpu()
+    classes, inverse = torch.unique(y, return_inverse=True)
+    members = [torch.nonzero(inverse == c).flatten() for c in range(len(classes))]
+    need = steps * batch_size
+    runs: list[torch.Tensor] = []
+    while sum(len(r) for r in runs) < need:
+        for idx in members:
+            idx = idx[torch.randperm(len(idx), generator=generator)]
+            short = -len(idx) % instances
+            if short:
+                idx = torch.cat([idx, idx[torch.randint(len(idx), (short,), generator=generator)]])
+            runs.extend(idx.view(-1, instances))
+    order = torch.stack(runs)[torch.randperm(len(runs), generator=generator)].flatten()
+    return order[:need]
+
+
 def stream_batches(
     x: torch.Tensor,
     y: torch.Tensor,

@@ -50,11 +50,15 @@ def _split_seed(spec: dict, seed: int, data_seed: int | None) -> dict:
 
 
 def train_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, nproc: int = 1, sync_bn: bool = False,
-               scale_substitute_wd: bool = False, data_seed: int | None = None) -> dict:
-    """Train ``model`` from scratch with cross-entropy (``nproc`` > 1: data-parallel, with
-    ``sync_bn`` BatchNorm statistics synchronised across the processes). ``seed`` draws the
-    initial weights and ``data_seed`` (default: ``seed``) the batch order and augmentation."""
+               scale_substitute_wd: bool = False, data_seed: int | None = None,
+               loss: dict[str, float] | None = None) -> dict:
+    """Train ``model`` from scratch with cross-entropy, or the weighted terms of ``loss``
+    (``nproc`` > 1: data-parallel, with ``sync_bn`` BatchNorm statistics synchronised across
+    the processes). ``seed`` draws the initial weights and ``data_seed`` (default: ``seed``)
+    the batch order and augmentation."""
     spec = _split_seed({"data": data, "model": model, "recipe": _recipe(recipe), "seed": seed}, seed, data_seed)
+    if loss is not None:
+        spec["loss"] = dict(loss)
     if nproc > 1:
         spec["nproc"] = nproc
     if sync_bn:

@@ -10,6 +10,7 @@ Kinds: the plain study (no ``kind``), ``kurtosis``, ``kd-functional``, ``moonshi
 from compresslab.study import (  # noqa: F401  (register the built-in kinds)
     blockswap,
     compression_functional,
+    embedding,
     kd_functional,
     kurtosis,
     linear_substitution,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresslab.data.core import Dataset, augment, batches, stream_batches
+from compresslab.data.core import Dataset, augment, batches, pk_order, stream_batches
 from compresslab.device import model_device, precision_flags
 from compresslab.errors import UserError
 from compresslab.train.losses import Loss, StepContext, Term, compose_loss
@@ -237,6 +237,7 @@ def fit(
         order_gen = gen if gen.device.type == "cpu" else torch.Generator().manual_seed(seed)
     else:
         x, y = x.to(device), y.to(device)
+    pk_gen = gen if gen.device.type == "cpu" else torch.Generator().manual_seed(seed)
     n = int(y.shape[0])
     if n == 0:
         raise UserError(f"dataset {data.name!r}: the training split is empty")
@@ -244,7 +245,7 @@ def fit(
         raise UserError(f"recipe: augment: {recipe.augment!r} needs 1-D or 2-D inputs, "
                         f"got examples of shape {tuple(x.shape[1:])}; use augment: none")
     bs = recipe.batch_size
-    steps_per_epoch = math.ceil(n / bs)
+    steps_per_epoch = math.ceil(n / bs) if recipe.sampler == "random" else max(1, n // bs)
     if shard is not None:
         rank, world = shard
         if not 0 <= rank < world:
@@ -309,8 +310,13 @@ def fit(
                 loss_sum = 0.0
                 correct = torch.zeros((), dtype=torch.long, device=device)  # read back at epoch end
                 window: list[tuple[torch.Tensor, int, int, int]] = []  # CUDA: (loss, batch, step, global step)
-                epoch_batches = (stream_batches(x, y, bs, device, generator=order_gen) if stream
-                                 else batches(x, y, bs, shuffle=True, generator=gen))
+                if recipe.sampler == "pk":  # class-balanced runs, drawn on the CPU
+                    order = pk_order(y, bs, recipe.pk_instances, steps_per_epoch, generator=pk_gen)
+                    epoch_batches = ((i.to(device), x[i.to(x.device)].to(device), y[i.to(y.device)].to(device))
+                                     for i in order.split(bs))
+                else:
+                    epoch_batches = (stream_batches(x, y, bs, device, generator=order_gen) if stream
+                                     else batches(x, y, bs, shuffle=True, generator=gen))
                 for step, (idx, xb, yb) in enumerate(epoch_batches, 1):
                     if shard is not None and yb.shape[0] < world:
                         break  # a tail batch too small to split: every rank drops it

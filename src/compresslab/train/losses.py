@@ -118,6 +118,38 @@ def _cross_entropy(signal: Any, *, label_smoothing: float = 0.0, **_: Any) -> Cr
     return CrossEntropy(label_smoothing)
 
 
+class BatchHardTriplet:
+    """The ``triplet`` term, batch-hard (Hermans, Beyer & Leibe, "In Defense of the Triplet
+    Loss for Person Re-Identification", 2017): for each anchor of the batch, the farthest
+    embedding of its own identity and the nearest of another, mean of
+    max(0, d(a, p) - d(a, n) + margin) over the anchors that have both, on Euclidean
+    distances between the model's ``embedding`` feature point. Batches need several
+    examples per identity (``recipe.sampler: pk``)."""
+
+    feature_points = ["embedding"]
+
+    def __init__(self, margin: float = 0.3):
+        self.margin = margin
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        e = ctx.features["embedding"].float().flatten(1)
+        sq = (e * e).sum(1)
+        d = (sq[:, None] + sq[None, :] - 2 * e @ e.T).clamp_min(1e-12).sqrt()  # no inf gradient at 0
+        same = ctx.y[:, None] == ctx.y[None, :]
+        pos = same & ~torch.eye(len(ctx.y), dtype=torch.bool, device=e.device)
+        valid = pos.any(1) & (~same).any(1)
+        if not bool(valid.any()):
+            return e.sum() * 0.0
+        hardest_pos = d.masked_fill(~pos, float("-inf")).amax(1)
+        hardest_neg = d.masked_fill(same, float("inf")).amin(1)
+        return F.relu(hardest_pos - hardest_neg + self.margin)[valid].mean()
+
+
+@register_term("triplet")
+def _triplet(signal: Any, **_: Any) -> BatchHardTriplet:
+    return BatchHardTriplet()
+
+
 class Loss:
     """``loss(ctx) -> (total, {name: detached value})`` with ``total = Σ weight·term(ctx)``."""
 

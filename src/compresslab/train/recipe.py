@@ -46,8 +46,9 @@ class Recipe(BaseModel):
     ``milestones`` and ``warmup_epochs`` are in epochs (milestones as fractions of
     ``epochs``); schedules are evaluated per optimizer step, not per epoch.
 
-    ``compile`` is left out of :meth:`model_dump` while it is false, so the dumps (and
-    the step hashes made from them) of recipes written before it existed are unchanged.
+    Fields added later (``compile``, ``sampler``, ``pk_instances``) are left out of
+    :meth:`model_dump` while they hold their defaults, so the dumps (and the step hashes
+    made from them) of recipes written before they existed are unchanged.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -71,6 +72,10 @@ class Recipe(BaseModel):
         "fp32", description="fp32 (true fp32, TF32 off), tf32 (TF32 matmuls on CUDA), or fast (bf16 autocast + "
         "channels_last on CUDA, and on CPUs with native bf16)")
     compile: bool = Field(False, description="run the model through torch.compile (left out of the dump when false)")
+    sampler: Literal["random", "pk"] = Field(
+        "random", description="random batches, or pk: batch_size / pk_instances identities (classes) with "
+        "pk_instances examples each, for metric losses such as triplet")
+    pk_instances: int = Field(4, ge=2, le=1024, description="pk: examples per identity in a batch")
 
     @field_validator("milestones")
     @classmethod
@@ -87,13 +92,17 @@ class Recipe(BaseModel):
             raise ValueError("warmup_epochs: onecycle has its own warm-up; set warmup_epochs to 0")
         if self.epochs and self.warmup_epochs > self.epochs:
             raise ValueError("warmup_epochs: must not exceed epochs")
+        if self.sampler == "pk" and (self.batch_size % self.pk_instances or self.batch_size < 2 * self.pk_instances):
+            raise ValueError(f"sampler pk: batch_size ({self.batch_size}) must be a multiple of pk_instances "
+                             f"({self.pk_instances}) holding at least 2 identities")
         return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         out = handler(self)
-        if not self.compile:
-            out.pop("compile", None)
+        for name in ("compile", "sampler", "pk_instances"):
+            if getattr(self, name) == type(self).model_fields[name].default:
+                out.pop(name, None)
         return out
 
     @classmethod
