@@ -36,6 +36,7 @@ NATURAL_SHAPES = {
     "cnn1d": (1, 40),
     "gru": (1, 40),
     "transformer1d": (1, 40),
+    "embedder": (1, 28, 28),  # its default backbone, lenet5
     "lenet5": (1, 28, 28),
     "resnet": (3, 32, 32),
     "wrn-": (3, 32, 32),
