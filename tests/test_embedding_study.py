@@ -21,7 +21,7 @@ from compresslab.models import build_from_config, capture_features, create_model
 from compresslab.models.embedding import embed
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.train import Recipe
-from compresslab.train.losses import BatchHardTriplet, StepContext
+from compresslab.train.losses import BatchHardTriplet, Matryoshka, StepContext
 
 
 def embedder(**options):
@@ -42,6 +42,25 @@ def test_the_embedder_has_the_stated_parameters_and_rebuilds():
         with pytest.raises(UserError, match=needle) as err:
             embedder(**bad)
         assert "\n" not in str(err.value)
+
+
+def test_normalised_and_nested_embedders():
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 4, 4)
+    assert torch.allclose(embed(embedder(normalize=True), x).norm(dim=1), torch.ones(6))
+    m = embedder(nested=[4, 2])
+    assert m.nested == (2, 4)
+    with capture_features(m, ["neck"]) as f:
+        logits = m(x)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    ctx = StepContext(m, x, y, None, logits, f, 1, 1, 1)
+    w = m.classifier.weight
+    by_hand = sum(torch.nn.functional.cross_entropy(f["neck"][:, :k] @ w[:, :k].T, y) for k in (2, 4)) / 2
+    assert torch.allclose(Matryoshka()(ctx), by_hand)
+    with pytest.raises(UserError, match="nested widths"):
+        Matryoshka()(StepContext(embedder(), x, y, None, logits, f, 1, 1, 1))
+    with pytest.raises(UserError, match="nested widths"):
+        embedder(nested=[8])
 
 
 def test_batch_hard_triplet_matches_a_loop():
@@ -108,7 +127,8 @@ SPEC = {
     "recipe": {"optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "epochs": 2, "batch_size": 64, "sampler": "pk"},
     "finetune": {"epochs": 1, "lr": 0.001},
     "methods": [{"method": "slice", "dims": 8}, {"method": "pca", "dims": 8}, {"method": "prune", "dims": 8, "rounds": 2},
-                {"method": "qat", "bits": 4}, {"method": "qat", "bits": 1, "dims": 8}, {"method": "rank", "dims": 4}],
+                {"method": "qat", "bits": 4}, {"method": "qat", "bits": 1, "dims": 8}, {"method": "rank", "dims": 4},
+                {"method": "matryoshka", "dims": 4}, {"method": "matryoshka", "dims": 16}],
     "gallery_size": 2000,
 }
 
@@ -120,7 +140,11 @@ def test_tiny_study_end_to_end_through_the_cli(tmp_path, capsys):
     assert main(["study", str(path), "--runs", str(runs), "--quiet", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     s = r["summaries"]
-    assert set(s) == {"parent", "independent", "slice-8", "pca-8", "prune-8", "qat-4b", "slice-8+qat-1b", "rank-4"}
+    assert set(s) == {"parent", "independent", "slice-8", "pca-8", "prune-8", "qat-4b", "slice-8+qat-1b", "rank-4",
+                      "matryoshka-4", "matryoshka-16"}
+    assert s["matryoshka-4"]["ratio"] == 8 and s["matryoshka-16"]["family"] == "matryoshka"
+    nested = {m["step"] for m in r["models"] if m["name"].startswith("matryoshka") and m["seed"] == 0}
+    assert len(nested) == 1  # one model per seed serves every nested width
     # bytes from the stored codes: 32 float32 dims = 128; 4 bits x 32 = 16; 1 bit x 8 = 1
     assert (s["parent"]["bytes"], s["qat-4b"]["bytes"], s["slice-8+qat-1b"]["bytes"]) == (128, 16, 1)
     assert (s["qat-4b"]["ratio"], s["slice-8+qat-1b"]["ratio"], s["prune-8"]["ratio"]) == (8, 128, 4)
@@ -162,10 +186,12 @@ def test_the_preset_expands_every_method_at_ratios_up_to_128x_without_duplicates
     entries = expand(spec)
     assert len({e.step.hash for e in entries}) == len(entries)
     methods = {m.method for m in spec.methods}
-    assert methods == {"slice", "rank", "pca", "prune", "qat"} and len(spec.seeds) == 3
+    assert methods == {"slice", "rank", "pca", "prune", "qat", "matryoshka"} and len(spec.seeds) == 3
     dim = spec.model.options["dim"]
     ratios = {m.name: 32 * dim / ((m.dims or dim) * (m.bits or 32)) for m in spec.methods}
-    assert max(ratios.values()) >= 96 and sum(r >= 96 for r in ratios.values()) >= 3
+    reaching = {m.method for m in spec.methods if ratios[m.name] >= 96}
+    assert reaching == methods  # every method at 96x or more; QAT through a slice (1 bit alone is 32x)
+    assert max(r for m in spec.methods if m.method == "qat" and not m.dims for r in [ratios[m.name]]) == 32
     # a combination's QAT starts from the slice model of the same seed, trained once
     by = {e.name: e.step for e in entries}
     assert by["slice-32+qat-1b@s1"].parents["parent"].hash == by["slice-32@s1"].hash

@@ -6,6 +6,7 @@ backbone's last layer is the projection to the embedding, then
 * an optional rank-``rank`` bottleneck (a Linear ``dim -> rank`` without bias: the stored
   embedding is then ``rank``-dimensional);
 * an optional slice to the first ``slice`` dimensions (trained sliced from initialisation);
+* optionally, L2 normalisation of the stored embedding (``normalize``);
 * an optional BNNeck (Luo et al., "Bag of Tricks and A Strong Baseline for Deep Person
   Re-identification"): a BatchNorm1d between the embedding and the identity classifier,
   whose bias is frozen at 0;
@@ -14,7 +15,10 @@ backbone's last layer is the projection to the embedding, then
 ``forward`` returns the identity logits, so every training loop, loss term and cost
 count works unchanged; the embedding is the output of the ``embedding`` module (a
 feature point of that name: the vector a retrieval system stores, before the BNNeck),
-and :func:`embed` returns it. Compression methods that change the stored vector (QAT of
+and :func:`embed` returns it. ``nested`` names the Matryoshka widths (Kusupati et al.,
+"Matryoshka Representation Learning", 2022) that the ``matryoshka`` loss term trains:
+each prefix of the embedding is classified on its own, so one model can be sliced to any
+of them after training. Compression methods that change the stored vector (QAT of
 the codes, pruning of dimensions) replace or wrap ``embedding``.
 """
 from __future__ import annotations
@@ -31,33 +35,35 @@ class EmbeddingHead(nn.Module):
     """The optional bottleneck and slice: ``(N, dim) -> (N, stored dims)``. Empty, it is the
     identity, so a hook on it still sees the stored embedding."""
 
-    def __init__(self, dim: int, rank: int | None, keep: int | None):
+    def __init__(self, dim: int, rank: int | None, keep: int | None, normalize: bool = False):
         super().__init__()
         self.bottleneck = nn.Linear(dim, rank, bias=False) if rank else None
-        self.keep = keep
+        self.keep, self.normalize = keep, normalize
         self.out_dim = keep or rank or dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bottleneck is not None:
             x = self.bottleneck(x)
-        return x[:, : self.keep] if self.keep else x
+        x = x[:, : self.keep] if self.keep else x
+        return nn.functional.normalize(x, dim=1) if self.normalize else x
 
 
 class Embedder(nn.Module):
     """``backbone -> embedding head -> [BNNeck] -> identity classifier``."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, dim: int, rank: int | None, keep: int | None,
-                 bnneck: bool):
+                 bnneck: bool, normalize: bool = False, nested: tuple[int, ...] = ()):
         super().__init__()
         self.backbone = backbone
-        self.embedding = EmbeddingHead(dim, rank, keep)
+        self.embedding = EmbeddingHead(dim, rank, keep, normalize)
+        self.nested = tuple(nested)
         d = self.embedding.out_dim
         self.neck = nn.BatchNorm1d(d) if bnneck else nn.Identity()
         if bnneck:
             self.neck.bias.requires_grad_(False)
         self.classifier = nn.Linear(d, num_classes, bias=False)
         inner = {f"backbone.{k}": f"backbone.{v}" for k, v in getattr(backbone, "feature_points", {}).items()}
-        self.feature_points = {**inner, "embedding": "embedding"}
+        self.feature_points = {**inner, "embedding": "embedding", "neck": "neck"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.neck(self.embedding(self.backbone(x))))
@@ -97,11 +103,14 @@ def embedder(
     rank: int | None = None,
     slice: int | None = None,  # noqa: A002 - the option's name in specs
     bnneck: bool = True,
+    normalize: bool = False,
+    nested: list[int] | None = None,
 ) -> Embedder:
     """Embedding network: the zoo model ``backbone`` (with ``backbone_options``) projecting to
     ``dim``, an optional rank-``rank`` bottleneck, an optional slice to the first ``slice``
-    dims, an optional BNNeck, and an identity classifier over the ``num_classes`` training
-    identities."""
+    dims, optional L2 normalisation, an optional BNNeck, and an identity classifier over the
+    ``num_classes`` training identities. ``nested``: Matryoshka widths for the ``matryoshka``
+    loss term."""
     if backbone == "embedder":
         raise UserError("embedder: the backbone must be a plain model, not another embedder")
     if dim < 1:
@@ -111,6 +120,10 @@ def embedder(
     stored = rank or dim
     if slice is not None and not 1 <= slice <= stored:
         raise UserError(f"embedder: slice {slice} is wider than the embedding ({stored} dims); use 1..{stored}")
+    out_dim = slice or stored
+    nested = sorted(set(nested or []))
+    if nested and not 1 <= nested[0] <= nested[-1] < out_dim:
+        raise UserError(f"embedder: nested widths {nested} must be in 1..{out_dim - 1} (the full width is trained anyway)")
     net = create_model(backbone, num_classes=dim, in_channels=in_channels, input_shape=input_shape,
                        **dict(backbone_options))
-    return Embedder(net, num_classes, dim, rank, slice, bnneck)
+    return Embedder(net, num_classes, dim, rank, slice, bnneck, normalize, tuple(nested))

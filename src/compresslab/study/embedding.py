@@ -14,6 +14,8 @@ This study measures that on the user's embedder and retrieval data, with replica
   ``rank``    trained from initialisation with a rank-``dims`` bottleneck (``dims`` stored)
   ``pca``     training-free: the parent's embeddings projected on their top ``dims``
               principal axes (fitted on the training split)
+  ``matryoshka``  one embedder per seed trained with the ``matryoshka`` term at every
+              ``matryoshka`` method's ``dims`` at once (nested), sliced to each after training
   ``prune``   the parent's dimensions pruned to ``dims`` in ``rounds``, fine-tuned each round
   ``qat``     the embedding fake-quantised to ``bits`` and fine-tuned (after a ``slice`` or
               ``rank`` reduction to ``dims`` when given): the stored codes are packed
@@ -56,12 +58,13 @@ from compresslab.study.spec import ModelSpec, RunOptions, Strict
 from compresslab.train.recipe import Recipe, Seed
 
 OTHER_SEED = 1000
-METHODS = ("slice", "rank", "pca", "prune", "qat")
+METHODS = ("slice", "rank", "pca", "prune", "qat", "matryoshka")
 
 
 class Method(Strict):
     method: Literal[METHODS]
-    dims: int | None = Field(None, ge=1, description="dims kept (slice, rank, pca, prune; qat: reduce first)")
+    dims: int | None = Field(None, ge=1, description="dims kept (slice, rank, pca, prune, matryoshka; qat: reduce "
+                             "first)")
     bits: int | None = Field(None, ge=1, le=16, description="qat: bits per dimension")
     reduce: Literal["slice", "rank"] = Field("slice", description="qat with dims: how the dims are cut first")
     rounds: int = Field(3, ge=1, le=20, description="prune: rounds of pruning and fine-tuning")
@@ -145,6 +148,11 @@ def _steps(spec: EmbeddingSpec, seed: int) -> tuple[Step, dict[str, Step]]:
     ft = finetune_recipe(spec.recipe, epochs=spec.finetune.epochs, lr=spec.finetune.lr)
     parent = train({}, seed, "parent")
     out = {"independent": train({}, OTHER_SEED + seed, "independent")} if spec.independent else {}
+    nested = sorted(m.dims for m in spec.methods if m.method == "matryoshka")
+    if nested:  # one model for every nested width
+        out["matryoshka"] = Step("train", train_spec(data, {**model, "options": {**model["options"], "nested": nested}},
+                                                     spec.recipe, seed, loss={**spec.loss, "matryoshka": 1.0}),
+                                 label="matryoshka")
     for m in spec.methods:
         if m.method in ("slice", "rank"):
             out[m.name] = train({m.method: m.dims}, seed, m.name)
@@ -230,6 +238,13 @@ def measure(spec: EmbeddingSpec, store: RunStore, entries: list[Entry], progress
             rows.append({**score("parent", pq, pg, _stored(pmodel, pg)), "step": store.path(parent.step).name})
             latency_models = {"parent": (pmodel, pq, pg)}
             for e in group[1:]:
+                if e.info["model"] == "matryoshka":  # one model, a row per nested width
+                    model = load_model(store.path(e.step))
+                    q, g = embed(model, x[:nq]), embed(model, x[nq:])
+                    for k in model.nested:
+                        rows.append({**score(f"matryoshka-{k}", q[:, :k], g[:, :k], (float(k * 4), 32), ref=pg),
+                                     "step": store.path(e.step).name})
+                    continue
                 if e.info["model"] not in methods and e.info["model"] != "independent":
                     continue  # the base of a combination
                 model = load_model(store.path(e.step))

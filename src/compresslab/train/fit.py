@@ -232,12 +232,9 @@ def fit(
     x, y = data.x_train, data.y_train
     if stream is None:
         stream = auto_stream(x, y, device)
-    if stream:  # the order from a CPU generator: the device's one on CPU, else its own
-        x, y = x.cpu(), y.cpu()
-        order_gen = gen if gen.device.type == "cpu" else torch.Generator().manual_seed(seed)
-    else:
-        x, y = x.to(device), y.to(device)
-    pk_gen = gen if gen.device.type == "cpu" else torch.Generator().manual_seed(seed)
+    x, y = (x.cpu(), y.cpu()) if stream else (x.to(device), y.to(device))
+    # streamed and P x K orders are drawn on the CPU: by the device's generator on CPU, else a CPU one
+    cpu_gen = gen if gen.device.type == "cpu" else torch.Generator().manual_seed(seed)
     n = int(y.shape[0])
     if n == 0:
         raise UserError(f"dataset {data.name!r}: the training split is empty")
@@ -311,11 +308,11 @@ def fit(
                 correct = torch.zeros((), dtype=torch.long, device=device)  # read back at epoch end
                 window: list[tuple[torch.Tensor, int, int, int]] = []  # CUDA: (loss, batch, step, global step)
                 if recipe.sampler == "pk":  # class-balanced runs, drawn on the CPU
-                    order = pk_order(y, bs, recipe.pk_instances, steps_per_epoch, generator=pk_gen)
+                    order = pk_order(y, bs, recipe.pk_instances, steps_per_epoch, generator=cpu_gen)
                     epoch_batches = ((i.to(device), x[i.to(x.device)].to(device), y[i.to(y.device)].to(device))
                                      for i in order.split(bs))
                 else:
-                    epoch_batches = (stream_batches(x, y, bs, device, generator=order_gen) if stream
+                    epoch_batches = (stream_batches(x, y, bs, device, generator=cpu_gen) if stream
                                      else batches(x, y, bs, shuffle=True, generator=gen))
                 for step, (idx, xb, yb) in enumerate(epoch_batches, 1):
                     if shard is not None and yb.shape[0] < world:

@@ -150,6 +150,29 @@ def _triplet(signal: Any, **_: Any) -> BatchHardTriplet:
     return BatchHardTriplet()
 
 
+class Matryoshka:
+    """The ``matryoshka`` term (Kusupati et al., "Matryoshka Representation Learning", 2022):
+    for each nested width k of an embedder (its ``nested`` option), the cross-entropy of the
+    identity classifier restricted to the first k dims of the BNNeck's output, averaged over
+    the widths; with ``ce`` for the full width, every prefix of the embedding learns to
+    identify on its own."""
+
+    feature_points = ["neck"]
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        model = getattr(ctx.model, "module", ctx.model)  # under DistributedDataParallel
+        widths = getattr(model, "nested", ())
+        if not widths:
+            raise UserError("loss: the matryoshka term needs an embedder with nested widths (-o nested=[8,32])")
+        z, w = ctx.features["neck"].float(), model.classifier.weight
+        return torch.stack([F.cross_entropy(z[:, :k] @ w[:, :k].T, ctx.y) for k in widths]).mean()
+
+
+@register_term("matryoshka")
+def _matryoshka(signal: Any, **_: Any) -> Matryoshka:
+    return Matryoshka()
+
+
 class Loss:
     """``loss(ctx) -> (total, {name: detached value})`` with ``total = Σ weight·term(ctx)``."""
 
