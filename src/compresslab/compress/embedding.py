@@ -252,11 +252,6 @@ def prune_dimensions(linear: nn.Linear, keep: torch.Tensor) -> nn.Linear:
     return out
 
 
-def compression_ratio(parent_dim: int, parent_bits: int, child_dim: int, child_bits: int) -> float:
-    """Bits per parent embedding over bits per child embedding."""
-    return (parent_dim * parent_bits) / (child_dim * child_bits)
-
-
 def stored_bytes(store) -> int:
     """Bytes a store (tensor, array or bytes) actually occupies."""
     if torch.is_tensor(store):
@@ -269,15 +264,6 @@ def stored_bytes_per_embedding(store, n: int) -> float:
     if n < 1:
         raise UserError("bytes per embedding of a store need at least one embedding")
     return stored_bytes(store) / n
-
-
-def stored_compression_ratio(parent_store, child_store) -> float:
-    """Stored bytes of the parent over the child's, both holding the same embeddings (e.g. the
-    float32 parent tensor and a :func:`pack`-ed child); quantiser parameters are excluded."""
-    child = stored_bytes(child_store)
-    if child == 0:
-        raise UserError("the child store is empty; a compression ratio needs at least one stored embedding")
-    return stored_bytes(parent_store) / child
 
 
 # -- on an embedder (compresslab.models.embedding) --------------------------------------------

@@ -50,7 +50,8 @@ def _dims(model) -> int:
 
 def check_embed(step: Step, parents: dict) -> None:
     s = step.spec
-    model = parent_model(parents["parent"], data_of(s))
+    data = data_of(s)
+    model = parent_model(parents["parent"], data)
     if model is None:
         return
     if not hasattr(model, "embedding"):
@@ -58,7 +59,7 @@ def check_embed(step: Step, parents: dict) -> None:
     if step.kind == "embed-prune" and not 1 <= s["keep"] < _dims(model):
         raise UserError(f"embed-prune: keep {s['keep']} must be below the parent's {_dims(model)} dimensions")
     if step.kind == "embed-prune":
-        prune_embedder(model, keep_top(dimension_importance(embed(model, data_of(s).x_train[:8])), s["keep"]))
+        prune_embedder(model, keep_top(dimension_importance(embed(model, data.x_train[:8])), s["keep"]))
 
 
 def _parent(parents: dict, s: dict):

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from compresslab.compress.embedding import embedding_quantizer, pack, pca_fit, pca_project
+from compresslab.compress.embedding import embedding_quantizer, pack, pca_fit, pca_project, stored_bytes_per_embedding
 from compresslab.console import console, echo, table
 from compresslab.errors import UserError
 from compresslab.measure import stats
@@ -199,10 +199,10 @@ def _stored(model, gallery_emb: torch.Tensor) -> tuple[float, int]:
     """(bytes per stored embedding, bits per dimension): packed codes when the model
     quantises its embedding, else its float dtype."""
     q = embedding_quantizer(model)
+    n = len(gallery_emb)
     if q is None:
-        return float(gallery_emb.shape[1] * gallery_emb.element_size()), 8 * gallery_emb.element_size()
-    codes = pack(q.encode(gallery_emb), q.bits)
-    return codes.size / max(1, codes.shape[0]), q.bits
+        return stored_bytes_per_embedding(gallery_emb, n), 8 * gallery_emb.element_size()
+    return stored_bytes_per_embedding(pack(q.encode(gallery_emb), q.bits), n), q.bits
 
 
 def measure(spec: EmbeddingSpec, store: RunStore, entries: list[Entry], progress=None) -> list[dict]:
