@@ -1,36 +1,50 @@
-"""Does int8 make inference faster here? fp32 torch vs torch int8 vs ONNX Runtime fp32/int8.
+"""Does int8 make inference faster here? Every int8 backend side by side, in one process.
 
 Usage: flock /tmp/bench.lock .venv/bin/python benchmarks/quantization_speed.py [--threads 2] [--min-time 0.5]
 
 For a Linear-heavy MLP (784-1024-1024-10) and two conv nets (the default study's
-cnn1d-64 on 1x40 signals, ResNet-20 on 3x32x32 images), in one process, median ms per
-forward pass at batch 1 and 256 through every path compresslab offers:
+cnn1d-64 on 1x40 signals, ResNet-20 on 3x32x32 images), median ms per forward pass at
+batch 1 and 256, every path timed the same way (``compresslab.measure.latency``, the
+protocol ``compresslab quantize`` reports), one after another:
 
 * torch fp32 (eval, inference_mode);
-* torch int8 dynamic (``quantize_dynamic_int8``: int8 Linear kernels);
-* torch int8 static (``calibrate_static_int8``: FX, fused conv/linear+ReLU, fbgemm);
+* torch.ao int8 dynamic and static (the ``compresslab.torch_ao`` adapter: int8 Linear
+  kernels; FX, fused conv/linear+ReLU, fbgemm); skipped when torch no longer has torch.ao;
 * torchao ``Int8DynamicActivationInt8WeightConfig`` (MLP only; skipped unless torchao is installed);
-* ONNX Runtime fp32, and ONNX Runtime int8 dynamic and static (QDQ) from ``quantize_onnx``.
+* ONNX Runtime fp32, and ONNX Runtime int8 dynamic (Gemm/MatMul only) and static (QDQ),
+  run as ``compresslab.ort.OrtModule``: exactly what ``--scheme ptq-dynamic`` / ``ptq-static``
+  build with the onnxruntime backend (numpy conversion included).
 
-Then ratios: each torch path against torch fp32, each ORT int8 path against ORT fp32,
-and the best int8 path against torch fp32. int8 arithmetic is at most ~4x denser
-than fp32, so about 4x is the physical limit. Calibration uses random inputs; the
-weights are random with trained-like BatchNorm statistics and biases (see ``trained_like``).
+Then ratios against torch fp32 and, for ORT paths, against ORT fp32; the best int8 path
+per batch size; and the backend ``auto`` picks for each scheme. int8 arithmetic is at
+most ~4x denser than fp32, so about 4x is the physical limit. Calibration uses random
+inputs; the weights are random with trained-like BatchNorm statistics and biases (see
+``trained_like``). The header names the machine: CPU model and int8-relevant flags from
+/proc/cpuinfo, library versions, threads, load.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
+import platform
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from compresslab.compress.quantize import apply_static_int8, calibrate_static_int8, quantize_dynamic_int8
-from compresslab.export import export_onnx, ort_latency, quantize_onnx, session
+from compresslab import ort, torch_ao
+from compresslab.compress.quantize import (
+    DYNAMIC_INT8,
+    ORT,
+    TORCH_AO,
+    apply_static_int8,
+    calibrate_static_int8,
+    dynamic_int8_transform,
+    int8_backend,
+    quantize_dynamic_int8,
+)
 from compresslab.measure.cost import latency
 from compresslab.models import create_model
 
@@ -78,10 +92,28 @@ def torchao_int8(model: nn.Module):
     except ImportError:
         return None
     m = copy.deepcopy(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+    quantize_(m, Int8DynamicActivationInt8WeightConfig())
     return m
+
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def machine(threads: int) -> str:
+    """CPU model, the int8-relevant flags it has, library versions, threads and load."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith(key)), "?")
+    flags = set(field("flags").split())
+    versions = [f"torch {torch.__version__}", f"onnxruntime {ort.require_ort().__version__}"]
+    try:
+        import torchao
+        versions.append(f"torchao {torchao.__version__}")
+    except ImportError:
+        versions.append("torchao not installed")
+    return (f"{field('model name')} ({platform.machine()}, {os.cpu_count()} cores), int8 flags: "
+            f"{' '.join(f for f in INT8_FLAGS if f in flags) or 'none'}\n"
+            f"{', '.join(versions)}, torch.ao {'present' if torch_ao.available() else 'absent'}, "
+            f"threads {threads}, load average {os.getloadavg()[0]:.2f}")
 
 
 def main() -> None:
@@ -91,42 +123,42 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {args.threads}, load average {os.getloadavg()[0]:.2f}")
+    print(machine(args.threads))
     print("median ms per forward pass; ratio = reference / path (higher is faster)\n")
     for name, (make, shape) in MODELS.items():
         model = trained_like(make()).eval()
+        model.compresslab_config = {"input_shape": list(shape)}
         calib = [torch.randn(128, *shape) for _ in range(4)]
-        paths = {"torch fp32": model, "torch int8 dynamic": quantize_dynamic_int8(model)}
-        paths["torch int8 static"] = apply_static_int8(model, calibrate_static_int8(model, calib), calib[0][:1])
+        paths = {"torch fp32": model}
+        if torch_ao.available():
+            paths["torch.ao int8 dynamic"] = quantize_dynamic_int8(model, DYNAMIC_INT8)
+            paths["torch.ao int8 static"] = apply_static_int8(model, calibrate_static_int8(model, calib, TORCH_AO),
+                                                              calib[0][:1])
         if name.startswith("mlp"):
             ao = torchao_int8(model)
             if ao is not None:
                 paths["torchao int8 dyn-act"] = ao
-        times = {k: latency(m, shape, batch_sizes=BATCHES, min_time=args.min_time) for k, m in paths.items()}
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
-            export_onnx(model, shape, fp32)
-            onnx_paths = {"ORT fp32": fp32}
-            for scheme in ("dynamic", "static"):
-                out = Path(tmp) / f"{scheme}.onnx"
-                quantize_onnx(fp32, out, scheme, [c.numpy() for c in calib])
-                onnx_paths[f"ORT int8 {scheme}"] = out
-            for k, p in onnx_paths.items():
-                times[k] = ort_latency(session(p, args.threads), shape, batch_sizes=BATCHES, min_time=args.min_time)
+            ort.export_onnx(model, shape, Path(tmp) / "fp32.onnx")
+            paths["ORT fp32"] = ort.OrtModule((Path(tmp) / "fp32.onnx").read_bytes())
+        paths["ORT int8 dynamic"] = quantize_dynamic_int8(model, dynamic_int8_transform(model, ORT))
+        paths["ORT int8 static"] = apply_static_int8(model, calibrate_static_int8(model, calib, ORT), calib[0][:1])
+        times = {k: latency(m, shape, batch_sizes=BATCHES, min_time=args.min_time) for k, m in paths.items()}
         print(f"== {name} (input {'x'.join(map(str, shape))})")
-        print(f"{'path':22} " + " ".join(f"{'b' + str(b) + ' ms':>10} {'ratio':>7}" for b in BATCHES)
+        print(f"{'path':22} " + " ".join(f"{'b' + str(b) + ' ms':>10} {'ratio':>12}" for b in BATCHES)
               + "   ratio vs")
         for k, t in times.items():
-            ref = "torch fp32" if k.startswith("torch") else "ORT fp32"
-            cells = " ".join(f"{t[f'batch{b}']:10.3f} {times[ref][f'batch{b}'] / t[f'batch{b}']:6.2f}x" for b in BATCHES)
-            print(f"{k:22} {cells}   {ref}")
+            refs = ["torch fp32"] + (["ORT fp32"] if k.startswith("ORT int8") else [])
+            ratio = lambda b: "/".join(f"{times[r][f'batch{b}'] / t[f'batch{b}']:.2f}x" for r in refs)
+            cells = " ".join(f"{t[f'batch{b}']:10.3f} {ratio(b):>12}" for b in BATCHES)
+            print(f"{k:22} {cells}   {' / '.join(refs)}")
         for b in BATCHES:
             key = f"batch{b}"
             best = min((k for k in times if "int8" in k), key=lambda k: times[k][key])
             fastest_fp32 = min(("torch fp32", "ORT fp32"), key=lambda k: times[k][key])
             print(f"batch {b}: best int8 path {best}: {times['torch fp32'][key] / times[best][key]:.2f}x vs torch fp32, "
                   f"{times[fastest_fp32][key] / times[best][key]:.2f}x vs the fastest fp32 ({fastest_fp32})")
-        print()
+        print(f"auto backend for ptq-dynamic and ptq-static: {int8_backend(model)}\n")
 
 
 if __name__ == "__main__":

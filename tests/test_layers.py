@@ -13,7 +13,7 @@ SRC = Path(__file__).parent.parent / "src" / "compresslab"
 #: Lowest first. A module may import its own layer and any lower one.
 LAYERS = [
     {"errors"},
-    {"progress", "figures", "scratch", "console", "device"},
+    {"progress", "figures", "scratch", "console", "device", "ort", "torch_ao"},
     {"data"},
     {"models"},
     {"train"},
@@ -23,7 +23,7 @@ LAYERS = [
     {"steps"},
     {"report"},
     {"study"},
-    {"export"},
+    {"export", "fidelity", "export_hls"},
     {"api"},
     {"cli"},
 ]

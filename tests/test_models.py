@@ -41,6 +41,7 @@ NATURAL_SHAPES = {
     "resnet": (3, 32, 32),
     "wrn-": (3, 32, 32),
     "wrn1d-": (1, 40),
+    "braggnn": (1, 11, 11),
 }
 
 

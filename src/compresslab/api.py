@@ -16,14 +16,15 @@ from compresslab.compress.prune import METHODS
 from compresslab.compress.quantize import quantized_layer_bits
 from compresslab.compress.search import DEFAULT_BLOCKS, minibatch, search, write_csv, wrn_geometry
 from compresslab.errors import UserError
-from compresslab.measure import compare_logits, cost_report, count_params, latency
+from compresslab.measure import cost_report, count_params, latency
+from compresslab.measure.function import compare, mean_distance
 from compresslab.measure.weights import plot_prunability, prunability
 from compresslab.models import create_model
 from compresslab.models.blocks import parse_block
 from compresslab.runs.checkpoint import load_checkpoint, read_model_json
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.steps import build, check_step, dataset, run_step
-from compresslab.steps.common import checkpoint_logits, load_model
+from compresslab.steps.common import SCORE, checkpoint_logits, load_model
 from compresslab.steps.specs import (
     data_spec,
     distill_spec,
@@ -65,6 +66,12 @@ def _run(step: Step, parents: dict[str, Path], runs: str | Path, progress, label
     check_step(step, parents)
     with _task(progress, label) as callback:
         return run_step(step, RunStore(runs), parents, callback)
+
+
+def _score(metrics: dict) -> dict:
+    """A step's score per split from its ``metrics.json``: ``{"accuracy": ...}``, or on
+    regression data ``{"centre_error_px": ...}``."""
+    return {k: metrics[k] for k in SCORE.values() if k in metrics}
 
 
 def load_recipe(recipe_file: Path | None, overrides: dict) -> Recipe:
@@ -128,7 +135,7 @@ def train_model(model: str, data: str, *, options: dict | None = None, recipe_fi
             r = launch({"spec": spec, "label": model, "runs": str(runs), "device": str(dev)}, nproc, callback)
         out, ran = Path(r["checkpoint"]), r["ran"]
     metrics = read_json(out / "metrics.json")
-    return {"checkpoint": str(out), "reused": not ran, "accuracy": metrics["accuracy"],
+    return {"checkpoint": str(out), "reused": not ran, **_score(metrics),
             "train_seconds": metrics.get("train_seconds")}
 
 
@@ -188,7 +195,9 @@ def model_info(*, checkpoint: Path | None = None, model: str | None = None, num_
 
 @on_device
 def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fraction: float = 0.1) -> dict:
-    """Accuracy and mean cross-entropy of a checkpoint on every non-empty split."""
+    """Accuracy and mean cross-entropy of a checkpoint on every non-empty split; on
+    regression data (``bragg:synthetic``) the mean Euclidean centre error (pixels) and the
+    mean squared error instead."""
     ds = dataset(data, val_fraction, seed)
     splits = {}
     for split in ("train", "val", "test"):
@@ -196,6 +205,10 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fract
         if len(y) == 0:
             continue
         logits = checkpoint_logits(checkpoint, ds, split)
+        if ds.task == "regression":
+            splits[split] = {"centre_error_px": mean_distance(logits, y),
+                             "loss": float(torch.nn.functional.mse_loss(logits, y)), "n": len(y)}
+            continue
         splits[split] = {"accuracy": float((logits.argmax(1) == y).float().mean()),
                          "loss": float(torch.nn.functional.cross_entropy(logits, y)), "n": len(y)}
     return {"checkpoint": str(checkpoint), "data": data, "splits": splits}
@@ -204,10 +217,11 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fract
 @on_device
 def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", seed: int = 0,
                         val_fraction: float = 0.1) -> dict:
-    """Every output metric of ``b`` against ``a`` on one split (keys of ``compare_logits``)."""
+    """Every output metric of ``b`` against ``a`` on one split (keys of ``compare_logits``; on
+    regression data those of ``compare_outputs``: output MSE and centre distances in pixels)."""
     ds = dataset(data, val_fraction, seed)
     y = ds.split(split)[1]
-    return compare_logits(checkpoint_logits(a, ds, split), checkpoint_logits(b, ds, split), labels=y)
+    return compare(checkpoint_logits(a, ds, split), checkpoint_logits(b, ds, split), labels=y, task=ds.task)
 
 
 def _checkpoint_step(checkpoint: Path) -> Step:
@@ -263,7 +277,7 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
                 parents={"parent": _checkpoint_step(checkpoint)}, label=f"prune {checkpoint.name}")
     out, ran = _run(step, {"parent": checkpoint}, runs, progress, f"prune {checkpoint.name}")
     m = read_json(out / "metrics.json")
-    result = {"checkpoint": str(out), "reused": not ran, "amount": m["amount"], "accuracy": m["accuracy"]}
+    result = {"checkpoint": str(out), "reused": not ran, "amount": m["amount"], **_score(m)}
     if method == "channel":
 
         before, after = load_model(checkpoint), load_model(out)
@@ -339,8 +353,8 @@ def distill_checkpoint(checkpoint: Path, student: str, data: str, *, options: di
     teacher_logits = evaluate_logits(load_model(checkpoint), x)
     student_logits = evaluate_logits(load_model(out), x)
     return {"checkpoint": str(out), "reused": not ran, "teacher_kind": teacher_kind, "loss": spec["loss"],
-            "accuracy": metrics["accuracy"], "train_seconds": metrics.get("train_seconds"),
-            "vs_teacher": compare_logits(teacher_logits, student_logits, labels=y)}
+            **_score(metrics), "train_seconds": metrics.get("train_seconds"),
+            "vs_teacher": compare(teacher_logits, student_logits, labels=y, task=ds.task)}
 
 
 @on_device
@@ -426,13 +440,16 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
                         act_bits: int | dict | None = None, per_channel: bool = False, symmetric: bool = True,
                         observer: str = "minmax", percentile: float = 99.99, calib_batches: int = 8,
                         calib_batch_size: int = 128, epochs: int = 3, lr: float | None = None, seed: int = 0,
-                        val_fraction: float = 0.1, runs: str | Path = "runs", progress=None) -> dict:
+                        val_fraction: float = 0.1, runs: str | Path = "runs", progress=None,
+                        backend: str = "auto") -> dict:
     """Quantise a checkpoint as a run-store step (see :mod:`compresslab.steps.quantize`).
 
     ``scheme``: ``ptq-dynamic`` / ``ptq-static`` (real int8 kernels, bits must be 8),
     ``fake`` (simulated ``bits`` for weights, ``act_bits`` for layer inputs; calibrated
     on ``calib_batches`` training batches) or ``qat`` (fake-quant, then ``epochs`` of
-    fine-tuning with the parent's recipe at a tenth of its lr, or ``lr``). Returns the
+    fine-tuning with the parent's recipe at a tenth of its lr, or ``lr``). ``backend`` picks
+    the int8 kernels of ``ptq-*``: ``auto`` (torch.ao while torch has it, else ONNX Runtime),
+    ``torch-ao`` or ``ort``. Returns the
     child's checkpoint, accuracy, cost at its bit widths, every output metric against
     the parent on the test split, and the latency of parent and child measured side by side.
     """
@@ -450,7 +467,7 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
     spec = quantize_spec(data_spec(data, val_fraction, seed), scheme, bits=bits, act_bits=act_bits,
                          per_channel=per_channel, symmetric=symmetric, observer=observer, percentile=percentile,
                          calib_batches=calib_batches, calib_batch_size=calib_batch_size,
-                         recipe=ft if scheme == "qat" else None, seed=seed)
+                         recipe=ft if scheme == "qat" else None, seed=seed, backend=backend)
     step = Step("quantize", spec, parents={"parent": parent}, label=f"quantize {checkpoint.name}")
     out, ran = _run(step, {"parent": checkpoint}, runs, progress, f"quantize {checkpoint.name} ({scheme})")
     m = read_json(out / "metrics.json")
@@ -460,8 +477,8 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
     lat = {"parent": latency(before, shape), "child": latency(after, shape)}
     y = ds.split("test")[1]
     return {"checkpoint": str(out), "reused": not ran, "scheme": scheme, "quantization": m["quantization"],
-            "accuracy": m["accuracy"], "cost": m["cost"],
+            **_score(m), "cost": m["cost"],
             "parent_cost": cost_report(load_checkpoint(checkpoint, apply_transforms=False)[0], shape),
-            "vs_parent": compare_logits(parent_logits, checkpoint_logits(out, ds, "test"), labels=y),
+            "vs_parent": compare(parent_logits, checkpoint_logits(out, ds, "test"), labels=y, task=ds.task),
             "latency_ms": lat, "speedup": {k: lat["parent"][k] / lat["child"][k] for k in lat["parent"]},
             "simulated": scheme in ("fake", "qat"), "train_seconds": m.get("train_seconds")}

@@ -14,56 +14,20 @@ it, and the latency of the fp32 and int8 graphs measured side by side.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import math
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compresslab.errors import UserError
+from compresslab.ort import export_onnx, quantize_onnx, session  # noqa: F401  (export_onnx, session: re-exported)
+from compresslab.ort import require_ort as _require_ort
 
 INT8_SCHEMES = ("auto", "dynamic", "static")
-
-
-def _require_ort():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime
-    except ImportError as e:
-        raise UserError(f"ONNX export needs onnx and onnxruntime ({e.name} is missing); "
-                        "pip install onnx onnxruntime") from None
-    return onnxruntime
-
-
-def export_onnx(model: torch.nn.Module, input_shape, path: str | Path, opset: int = 17) -> None:
-    """Trace ``model`` (eval) to ONNX at ``path`` with a dynamic batch dimension."""
-    x = torch.zeros(1, *input_shape)
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")  # the exporter prints its IR graph on failure: keep it off stdout
-            torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    except Exception as e:  # the exporter raises many types; all mean "not exportable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot export {type(model).__name__} to ONNX ({first[:200]}); it must trace with "
-                        f"tensor inputs and outputs and only use operators ONNX opset {opset} supports") from None
-
-
-def session(path: str | Path, threads: int | None = None):
-    ort = _require_ort()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: no notices about unused initializers
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def run_session(sess, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -92,47 +56,6 @@ def ort_latency(sess, input_shape, *, batch_sizes=(1, 256), warmup: int = 3, min
     return out
 
 
-def quantize_onnx(fp32: Path, out: Path, scheme: str, calibration: list[np.ndarray] | None = None) -> None:
-    """ONNX Runtime int8: ``dynamic`` or ``static`` (QDQ, calibrated on ``calibration``)."""
-    _require_ort()
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    if scheme == "dynamic":
-        with _quiet_logging():
-            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
-        return
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calibration)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {"input": x}
-
-    with _quiet_logging():
-        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-
-
-@contextlib.contextmanager
-def _quiet_logging():
-    """ONNX Runtime's quantiser logs advice through the root logger; keep it off the user's screen."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def _parity(reference: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict:
     return {"max_abs_diff": float(np.abs(reference - got).max()),
             "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean()),
@@ -146,12 +69,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str, *, int
 
     Both graphs are built and checked: parity against the checkpoint as PyTorch runs
     it (transforms applied) on the test split, and ONNX Runtime latency side by side.
+    ``fidelity`` is :func:`compresslab.measure.fidelity.fidelity_report` of the three
+    (``pytorch``, ``onnx-fp32``, ``onnx-int8``): every output metric per pair with bootstrap
+    CIs, accuracy per class, and the inputs where they disagree.
     ``int8_scheme`` ``auto`` follows the checkpoint's torch int8 transform if it has one,
     else uses ``static`` for models with convolutions and ``dynamic`` otherwise.
     """
     import shutil
 
     from compresslab.compress.quantize import calibration_batches
+    from compresslab.measure.fidelity import fidelity_report
     from compresslab.runs.checkpoint import load_checkpoint
     from compresslab.steps import dataset
     from compresslab.steps.common import checkpoint_logits
@@ -187,10 +114,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str, *, int
             raise UserError(f"ONNX Runtime could not quantise the exported graph to int8 ({first[:200]}); "
                             "export without --int8 or try --int8-scheme dynamic") from None
         sessions = {"fp32": session(fp32_path), "int8": session(int8_path)}
+        got = {k: run_session(s, x) for k, s in sessions.items()}
         result = {"checkpoint": str(checkpoint), "onnx": str(out), "format": "int8" if int8 else "fp32",
                   "int8_scheme": int8_scheme, "transforms": kinds, "examples": int(len(y)),
                   "torch_accuracy": float((reference.argmax(1) == y).mean()), "threads": torch.get_num_threads(),
-                  "parity": {k: _parity(reference, run_session(s, x), y) for k, s in sessions.items()},
+                  "parity": {k: _parity(reference, g, y) for k, g in got.items()},
+                  "fidelity": fidelity_report({"pytorch": reference, **{f"onnx-{k}": g for k, g in got.items()}}, y),
                   "bytes": {k: p.stat().st_size for k, p in (("fp32", fp32_path), ("int8", int8_path))}}
         if with_latency:
             lat = {k: ort_latency(s, shape) for k, s in sessions.items()}

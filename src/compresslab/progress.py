@@ -94,6 +94,6 @@ class RichProgress:
                 advance=1 if kind == "step" else 0,
                 epoch=f"epoch {event['epoch']}/{self._epochs}",
                 loss=f"loss {event['loss']:.4f}",
-                acc=f"acc {event['acc']:.1%}",
+                acc=f"err {event['error']:.3f}" if "error" in event else f"acc {event['acc']:.1%}",
                 speed=f"{event['samples_per_s']:,.0f} samples/s",
             )

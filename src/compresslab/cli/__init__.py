@@ -2,7 +2,8 @@
 
 Commands live by group in :mod:`~compresslab.cli.models` (train, info, evaluate,
 compare), :mod:`~compresslab.cli.compress` (prune, quantize, export, distill, substitute,
-blockswap, prunability, lottery) and :mod:`~compresslab.cli.study` (study, doctor).
+blockswap, prunability, lottery), :mod:`~compresslab.cli.study` (study, doctor) and
+:mod:`~compresslab.cli.store` (ls, show, pin, gc).
 """
 
 import typer
@@ -10,7 +11,10 @@ from typer.exceptions import Abort, Exit, TyperException
 
 from compresslab.cli import (  # noqa: F401
     compress,
+    fidelity,
     models,  # noqa: F401, I001  (registers its commands first: --help lists them in order)
+    report,
+    store,
     study,
 )
 from compresslab.cli.common import app

@@ -40,6 +40,23 @@ RecipeFile = Annotated[Optional[Path], typer.Option("--recipe", help="YAML file 
 Epochs = Annotated[Optional[int], typer.Option("--epochs", help="Override the recipe's epochs.")]
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Override the recipe's learning rate.")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Override the recipe's batch size.")]
+Track = Annotated[Optional[str], typer.Option(
+    "--track", help="Also log to an experiment tracker after the work: mlflow (./mlruns), mlflow:URI (a directory or "
+    "http://HOST:PORT) or tensorboard:DIR; params, metrics, training curves, paths (see docs/tracking.md).")]
+
+
+def tracker(text: str | None):
+    """``--track`` checked before any work: a ``runs.track.Tracker``, or None without the option."""
+    from compresslab.runs.track import parse_track
+
+    return parse_track(text)
+
+
+def track_steps(target, *results: dict) -> None:
+    """Log each command result's ``checkpoint`` (a run-store step) to ``target`` (a warning line if it fails)."""
+    from compresslab.runs import track
+
+    track.track_steps(target, [(r["checkpoint"], r.get("reused")) for r in results if r])
 
 
 def seed_option(help: str):

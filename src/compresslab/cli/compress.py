@@ -16,6 +16,7 @@ from compresslab.cli.common import (
     Lr,
     Quiet,
     Runs,
+    Track,
     app,
     data_option,
     emit,
@@ -25,6 +26,8 @@ from compresslab.cli.common import (
     parse_loss,
     parse_options,
     seed_option,
+    track_steps,
+    tracker,
 )
 from compresslab.console import console, print_pairs, short
 from compresslab.errors import UserError
@@ -48,6 +51,7 @@ def prune(
     device: Device = "auto",
     deterministic: Deterministic = False,
     as_json: Json = False,
+    track: Track = None,
 ):
     """Prune a checkpoint by magnitude, fine-tune with masks kept, print the child's directory.
 
@@ -64,12 +68,14 @@ def prune(
         raise UserError("give exactly one of --amount X or --auto safe|p_star")
     if auto is not None and auto not in ("safe", "p_star"):
         raise UserError(f"--auto {auto!r}: use safe or p_star")
+    target = tracker(track)
     with RichProgress(quiet=quiet) as progress:
         result = prune_checkpoint(checkpoint, data, amount=auto or amount, method=method, scope=scope,
                                   importance=importance, global_channels=global_channels,
                                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, runs=runs, progress=progress,
                                   device=device, deterministic=deterministic)
     emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
+    track_steps(target, result)
 
 
 @app.command()
@@ -87,12 +93,14 @@ def quantize(
     calib_batch_size: int = typer.Option(128, "--calib-batch-size", help="Examples per calibration batch."),
     epochs: int = typer.Option(3, "--epochs", help="qat: fine-tuning epochs (the parent's recipe)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="qat: learning rate (default: a tenth of the parent's)."),
+    backend: str = typer.Option("auto", "--backend", help="ptq-*: int8 kernels from torch.ao or onnxruntime; auto = torch.ao while torch has it (faster at batch 256), else onnxruntime (faster at batch 1; docs/quantization.md)."),
     seed: seed_option("Seed for calibration batches and QAT; also the val split's.") = 0,
     runs: Runs = Path("runs"),
     quiet: Quiet = False,
     device: Device = "auto",
     deterministic: Deterministic = False,
     as_json: Json = False,
+    track: Track = None,
 ):
     """Quantise a checkpoint; report accuracy, bits, BOPs, latency and fidelity to the parent.
 
@@ -115,12 +123,13 @@ def quantize(
     if scheme.startswith("ptq-") and (act_bits or per_channel or asymmetric):
         raise UserError(f"--act-bits, --per-channel and --asymmetric apply to fake and qat; {scheme} "
                         "fixes its own int8 scheme")
+    target = tracker(track)
     with RichProgress(quiet=quiet) as progress:
         result = quantize_checkpoint(checkpoint, data, scheme=scheme, bits=parse_bits(bits, "--bits"),
                                      act_bits=parse_bits(act_bits, "--act-bits"), per_channel=per_channel,
                                      symmetric=not asymmetric, observer=observer, percentile=percentile,
                                      calib_batches=calib_batches, calib_batch_size=calib_batch_size, epochs=epochs,
-                                     lr=lr, seed=seed, runs=runs, progress=progress, device=device,
+                                     lr=lr, seed=seed, backend=backend, runs=runs, progress=progress, device=device,
                                      deterministic=deterministic)
 
     def human(r):
@@ -139,12 +148,20 @@ def quantize(
         print_pairs(f"quantize ({r['scheme']})", rows)
 
     emit(result, as_json, human)
+    track_steps(target, result)
 
 
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="Any checkpoint directory: trained, pruned, substituted or quantised."),
-    onnx: Path = typer.Option(..., "--onnx", help="Output file (.onnx)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Output file (.onnx); this or --hls4ml."),
+    hls4ml: Optional[Path] = typer.Option(None, "--hls4ml", help="Write an hls4ml (Vitis HLS) project into this new directory and check it by C simulation (needs compresslab[hls] and g++)."),
+    precision: str = typer.Option("ap_fixed<16,6>", "--precision", help="--hls4ml: fixed-point type ap_fixed<W,I> of a float checkpoint (fake-quant layers get types from their bit widths)."),
+    reuse_factor: int = typer.Option(1, "--reuse-factor", help="--hls4ml: multiplications sharing one multiplier (1: fully parallel, lowest latency)."),
+    io_type: str = typer.Option("io_parallel", "--io-type", help="--hls4ml: io_parallel (whole tensors in registers) or io_stream (FIFOs)."),
+    part: Optional[str] = typer.Option(None, "--part", help="--hls4ml: FPGA part, e.g. xcu250-figd2104-2L-e (default: hls4ml's Vitis default)."),
+    parity_samples: int = typer.Option(500, "--parity-samples", help="--hls4ml: test examples run through the C simulation."),
+    quiet: Quiet = False,
     data: data_option("Dataset for the parity check (test split) and int8 calibration.") = ...,
     int8: bool = typer.Option(False, "--int8", help="Write ONNX Runtime's int8 graph instead of the fp32 one."),
     int8_scheme: str = typer.Option("auto", "--int8-scheme", help="auto, dynamic (int8 weights; activations per batch) or static (QDQ, calibrated)."),
@@ -160,14 +177,28 @@ def export(
     runs it, on the whole test split, for both the fp32 and the int8 graph.
 
     JSON keys: onnx, format, int8_scheme, parity {fp32, int8: max_abs_diff, top1_agreement,
-    accuracy}, torch_accuracy, bytes, latency_ms {fp32, int8}, int8_speedup.
+    accuracy}, torch_accuracy, bytes, latency_ms {fp32, int8}, int8_speedup, fidelity (the
+    `compresslab fidelity` report of pytorch, onnx-fp32 and onnx-int8: metrics with bootstrap
+    CIs per pair, accuracy per class, the disagreeing inputs).
+
+    With --hls4ml: an HLS project for FPGAs (hls4ml, Vitis backend, ready for synthesis,
+    which is not run) and its C simulation compared with PyTorch on --parity-samples test
+    examples. JSON keys: hls4ml, part, io_type, reuse_factor, precision, quantized_layers,
+    layers, parity {max_abs_diff, top1_agreement, accuracy}, torch_accuracy, compile_seconds.
 
     \b
     Examples:
       compresslab export runs/prune-3c4d... --onnx model.onnx --data mnist1d
       compresslab export runs/train-1a2b... --onnx model-int8.onnx --int8 --data mnist1d --json
+      compresslab export runs/quantize-5e6f... --hls4ml hls/ --data digits --reuse-factor 4   # see docs/codesign.md
     """
     from compresslab.export import export_checkpoint
+
+    if (onnx is None) == (hls4ml is None):
+        raise UserError("give exactly one of --onnx FILE or --hls4ml DIR")
+    if hls4ml is not None:
+        return _export_hls(checkpoint, hls4ml, data, precision=precision, reuse_factor=reuse_factor, io_type=io_type,
+                           part=part, parity_samples=parity_samples, seed=seed, quiet=quiet, as_json=as_json)
 
     with on(device):
         result = export_checkpoint(checkpoint, onnx, data, int8=int8, int8_scheme=int8_scheme, calib_batches=calib_batches,
@@ -183,6 +214,36 @@ def export(
             rows.append((f"ORT latency {b} fp32 → int8 ({r['int8_scheme']})",
                          f"{r['latency_ms']['fp32'][b]:.3f} → {r['latency_ms']['int8'][b]:.3f} ms ({ratio:.2f}x)"))
         print_pairs(f"export {checkpoint.name}", rows)
+        from compresslab.cli.fidelity import print_fidelity
+
+        if "fidelity" in r:
+            print_fidelity(r["fidelity"], f"fidelity of the ONNX graphs to {checkpoint.name} on {data} test", show=5)
+
+    emit(result, as_json, human)
+
+
+def _export_hls(checkpoint: Path, out: Path, data: str, *, quiet: bool, as_json: bool, **options) -> None:
+    """`export --hls4ml`: the hls4ml project and its C-simulation parity table."""
+    from compresslab.export_hls import export_hls
+    from compresslab.progress import RichProgress
+
+    with RichProgress(quiet=quiet) as progress:
+        result = export_hls(checkpoint, out, data, progress=progress, **options)
+
+    def human(r):
+        p = r["parity"]
+        rows = [("wrote", f"{r['hls4ml']} (hls4ml {r['hls4ml_version']}, {r['backend']}, part {r['part']})"),
+                ("io type, reuse factor", f"{r['io_type']}, {r['reuse_factor']}"),
+                ("precision", r["precision"] if not r["quantized_layers"] else "per layer, from the fake-quant bits")]
+        rows += [(f"  {name} weights", t["weight"] + (f", input {t['input']}" if "input" in t else ""))
+                 for name, t in r["quantized_layers"].items()]
+        rows += [("C simulation compile (g++)", f"{r['compile_seconds']:.1f} s"),
+                 ("checkpoint accuracy (PyTorch)", f"{100 * r['torch_accuracy']:.2f}% on {r['examples']} test examples"),
+                 ("C simulation vs PyTorch", f"max |Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
+                                             f"{100 * p['top1_agreement']:.2f}%, accuracy {100 * p['accuracy']:.2f}%"),
+                 ("resources, latency", r["estimates_note"])]
+        rows += [("note", n) for n in r["notes"]]
+        print_pairs(f"hls4ml export {checkpoint.name}", rows)
 
     emit(result, as_json, human)
 
@@ -212,6 +273,7 @@ def distill(
     device: Device = "auto",
     deterministic: Deterministic = False,
     as_json: Json = False,
+    track: Track = None,
 ):
     """Distil a student from a teacher; print its accuracy and how far its function is from the teacher's.
 
@@ -226,6 +288,8 @@ def distill(
     """
     from compresslab.api import distill_checkpoint
     from compresslab.progress import RichProgress
+
+    target = tracker(track)
 
     def points(items: list[str]) -> dict | None:
         pairs = [p.partition("=") for p in items]
@@ -251,6 +315,7 @@ def distill(
         typer.echo(r["checkpoint"])
 
     emit(result, as_json, human)
+    track_steps(target, result)
 
 
 @app.command()
@@ -267,6 +332,7 @@ def substitute(
     device: Device = "auto",
     deterministic: Deterministic = False,
     as_json: Json = False,
+    track: Track = None,
 ):
     """Moonshine: make one cheap student of a WRN teacher (same architecture, every 3x3 conv a cheap block).
 
@@ -280,6 +346,8 @@ def substitute(
     """
     from compresslab.api import substitute_checkpoint
     from compresslab.progress import RichProgress
+
+    target = tracker(track)
 
     with RichProgress(quiet=quiet) as progress:
         result = substitute_checkpoint(checkpoint, block, data, mode=loss, beta=beta, epochs=epochs, seed=seed,
@@ -295,6 +363,7 @@ def substitute(
         typer.echo(r["checkpoint"])
 
     emit(result, as_json, human)
+    track_steps(target, result)
 
 
 @app.command()
@@ -315,6 +384,7 @@ def blockswap(
     device: Device = "auto",
     deterministic: Deterministic = False,
     as_json: Json = False,
+    track: Track = None,
 ):
     """BlockSwap: choose a mix of cheap blocks on a parameter budget by Fisher potential at initialisation.
 
@@ -329,6 +399,8 @@ def blockswap(
     """
     from compresslab.api import blockswap_checkpoint
     from compresslab.progress import RichProgress
+
+    target = tracker(track)
 
     with RichProgress(quiet=quiet) as progress:
         result = blockswap_checkpoint(checkpoint, data, budget=parse_count(budget), samples=samples,
@@ -349,6 +421,7 @@ def blockswap(
         print_pairs("BlockSwap", rows)
 
     emit(result, as_json, human)
+    track_steps(target, result.get("student"))  # the trained student (--distill) is the run-store step
 
 
 @app.command()

@@ -16,12 +16,15 @@ from compresslab.cli.common import (
     Quiet,
     RecipeFile,
     Runs,
+    Track,
     app,
     data_option,
     emit,
     parse_options,
     parse_shape,
     seed_option,
+    track_steps,
+    tracker,
 )
 from compresslab.console import echo, num, print_pairs
 from compresslab.errors import UserError
@@ -29,8 +32,8 @@ from compresslab.errors import UserError
 
 @app.command()
 def train(
-    model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, gru, transformer1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, or package.module:factory."),
-    data: data_option("mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR or npz:FILE.") = ...,
+    model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, gru, transformer1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, braggnn, or package.module:factory."),
+    data: data_option("mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR, npz:FILE, or bragg:synthetic (regression: MSE loss, mean centre error in px).") = ...,
     option: List[str] = typer.Option([], "--option", "-o", help="Model option KEY=VALUE, repeatable (e.g. width=64)."),
     recipe: RecipeFile = None,
     epochs: Epochs = None,
@@ -46,6 +49,7 @@ def train(
     as_json: Json = False,
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torch DDP through torchrun: gloo on CPU, NCCL with one GPU per process on CUDA); each batch is split over them. 1 trains in this process."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="With --nproc on CUDA: BatchNorm statistics over the whole batch (SyncBatchNorm) instead of each process's slice."),
+    track: Track = None,
 ):
     """Train a model; print its checkpoint directory.
 
@@ -53,9 +57,13 @@ def train(
     Examples:
       compresslab train --model cnn1d --data mnist1d --epochs 10 --option width=64
       compresslab train --model cnn1d --data mnist1d --epochs 10 --nproc 2   # 2 DDP processes
+      compresslab train --model cnn1d --data mnist1d --epochs 10 --track mlflow   # also log to ./mlruns
+      compresslab train --model braggnn --data bragg:synthetic --epochs 5 --lr 0.003   # Bragg-peak centres
     """
     from compresslab.api import train_model
     from compresslab.progress import RichProgress
+
+    target = tracker(track)
 
     overrides = {k: v for k, v in {"epochs": epochs, "lr": lr, "batch_size": batch_size,
                                    "precision": precision}.items() if v is not None}
@@ -63,7 +71,16 @@ def train(
         result = train_model(model, data, options=parse_options(option), recipe_file=recipe,
                              overrides=overrides, seed=seed, data_seed=data_seed, runs=runs, progress=progress, nproc=nproc, sync_bn=sync_bn,
                              device=device, deterministic=deterministic)
-    emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
+    emit(result, as_json, _print_trained)
+    track_steps(target, result)
+
+
+def _print_trained(r: dict) -> None:
+    """The checkpoint directory on stdout; on regression data its mean centre error on stderr."""
+    typer.echo(r["checkpoint"])
+    if "centre_error_px" in r:
+        typer.echo("mean centre error: " + ", ".join(f"{s} {v:.4f} px" for s, v in r["centre_error_px"].items()
+                                                    if v is not None), err=True)
 
 
 @app.command()
@@ -115,16 +132,18 @@ def evaluate(
     device: Device = "auto",
     as_json: Json = False,
 ):
-    """Accuracy and loss of a checkpoint on each split.
+    """Accuracy and loss of a checkpoint on each split (regression data: mean centre error in px, MSE).
 
     \b
-    Example:
+    Examples:
       compresslab evaluate runs/train-1a2b3c... --data mnist1d
+      compresslab evaluate runs/train-4d5e6f... --data bragg:synthetic
     """
     from compresslab.api import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, seed=seed, device=device)
-    rows = [(f"{s} accuracy", f"{100 * v['accuracy']:.2f}%") for s, v in result["splits"].items()]
+    rows = [(f"{s} accuracy", f"{100 * v['accuracy']:.2f}%") if "accuracy" in v
+            else (f"{s} centre error", f"{v['centre_error_px']:.4f} px") for s, v in result["splits"].items()]
     emit(result, as_json, lambda r: print_pairs(str(checkpoint), rows))
 
 
@@ -141,7 +160,8 @@ def compare(
     """Functional similarity of two checkpoints on the same inputs.
 
     JSON keys: agreement, disagreement, kappa, js_divergence (nats), activation_distance,
-    output_cosine, kl_ab, kl_ba (nats), accuracy_a, accuracy_b.
+    output_cosine, kl_ab, kl_ba (nats), accuracy_a, accuracy_b. On regression data
+    (bragg:synthetic): mse (of the outputs), centre_distance_px, centre_error_px_a, centre_error_px_b.
 
     \b
     Example:

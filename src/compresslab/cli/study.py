@@ -12,8 +12,10 @@ from compresslab.cli.common import (
     RUNS_HELP,
     Json,
     Quiet,
+    Track,
     app,
     emit,
+    tracker,
 )
 from compresslab.errors import StudyIncomplete
 
@@ -37,6 +39,7 @@ def study(
     latency: Optional[bool] = typer.Option(None, "--latency/--no-latency", help="Measure every model's latency (default: the spec's `latency`)."),
     quiet: Quiet = False,
     as_json: Json = False,
+    track: Track = None,
 ):
     """Run a study (train the parent, make children, controls), write report.html and results.json.
 
@@ -60,11 +63,16 @@ def study(
       compresslab study my-study.yaml --executor ray --ray-address auto --runs s3://bucket/runs
       compresslab study --preset moonshine-cifar10 --data cifar10:DIR --device cuda   # the paper's scale
       compresslab study --preset moonshine-cifar10 --data cifar10:DIR --epochs 1 --subset 512 --no-latency
+      compresslab study my-study.yaml --track mlflow   # a parent run in ./mlruns, one nested run per step
+      compresslab study my-study.yaml --track tensorboard:runs/tb
     """
     from compresslab.api import run_study
     from compresslab.progress import RichProgress
+    from compresslab.runs.track import track_study
     from compresslab.steps.executor import Execution
     from compresslab.study import study_kind
+
+    target = tracker(track)
 
     execution = Execution(executor, workers, ray_address, cpus_per_step, gpus_per_step)
     with RichProgress(quiet=quiet) as progress:
@@ -75,6 +83,7 @@ def study(
         typer.echo(json.dumps(results, indent=2, sort_keys=True))
     else:
         study_kind(results["kind"]).print(results, out)
+    track_study(target, out)
     if results.get("failed"):
         raise StudyIncomplete(results["failed"])
 

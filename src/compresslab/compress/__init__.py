@@ -14,7 +14,7 @@ def apply_transform(model: nn.Module, transform: dict) -> nn.Module:
 
     kind = transform.get("kind")
     if kind == "quantize-dynamic":
-        return q.quantize_dynamic_int8(model)
+        return q.quantize_dynamic_int8(model, transform)
     if kind == "fake-quant":
         return q.apply_fake_quant_transform(model, transform)
     if kind == "embedding-quant":

@@ -8,6 +8,10 @@ Retrieval (re-identification) datasets, ``identities:synthetic`` and ``market150
 train on identity classes and test by retrieval on disjoint identities: their test split
 is query then gallery images, described by ``Dataset.meta["retrieval"]``, and test
 accuracy is meaningless for them (see :mod:`compresslab.data.retrieval`).
+
+Regression datasets, ``bragg:synthetic``, say so with ``Dataset.meta["task"] = "regression"``
+(:attr:`Dataset.task`): their targets are float32 ``(N, K)`` and ``num_classes`` is the output
+dimension K (see :mod:`compresslab.data.bragg`).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compresslab.data import loaders, retrieval
+from compresslab.data import bragg, loaders, retrieval
 from compresslab.data.core import SPLITS, Dataset, augment, batches
 from compresslab.errors import UserError
 
@@ -57,6 +61,7 @@ DATASETS: dict[str, Loader] = {
     "npz": Loader(loaders.load_npz, "FILE"),
     "identities": Loader(retrieval.load_identities, "synthetic"),
     "market1501": Loader(retrieval.load_market1501, "DIR"),
+    "bragg": Loader(bragg.load_bragg, "synthetic"),
 }
 
 
@@ -113,6 +118,10 @@ def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Data
     For a retrieval dataset ``num_classes`` is the number of training identities, the
     test labels are identity labels (``-1`` allowed: junk), not classes, and
     ``meta["retrieval"]`` holds ``n_query``, ``cams_test`` and ``ids_test``.
+
+    For a regression dataset (``bragg:synthetic``; ``meta["task"] == "regression"``) the
+    targets are float32 ``(N, K)`` and ``num_classes`` is K; inputs a loader marks
+    ``meta["normalised"] = "per-example"`` are not standardised.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -120,8 +129,12 @@ def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Data
     loader, path = _resolve(base)
     raw = loader(path, seed)
     is_retrieval = retrieval.is_retrieval(raw)
+    regression = (raw.meta or {}).get("task") == "regression"
     if subset is not None:
+        meta = raw.meta
         raw = (retrieval.subset if is_retrieval else loaders.subset)(raw, subset, seed)
+        if regression:
+            raw.meta = meta
     n = len(raw.y_train)
     if n == 0 or len(raw.y_test) == 0:
         raise UserError(
@@ -131,6 +144,11 @@ def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Data
     if is_retrieval:  # test labels are identities, not classes: -1 allowed, not counted
         retrieval.check(raw, name)
         num_classes = raw.num_classes or int(raw.y_train.max()) + 1
+    elif regression:  # float targets (N, K): K outputs
+        if raw.y_train.ndim != 2 or raw.y_test.shape[1:] != raw.y_train.shape[1:]:
+            raise UserError(f"dataset {name!r}: regression targets must have shape (N, K), got "
+                            f"{raw.y_train.shape} and {raw.y_test.shape}")
+        num_classes = int(raw.y_train.shape[1])
     else:
         labels = np.concatenate([raw.y_train, raw.y_test])
         if labels.min() < 0:
@@ -145,11 +163,15 @@ def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Data
         )
     keep, val = loaders.carve(n, n_val, seed)
     x = torch.from_numpy(np.ascontiguousarray(raw.x_train, dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(raw.y_train, dtype=np.int64))
+    target = np.float32 if regression else np.int64
+    y = torch.from_numpy(np.ascontiguousarray(raw.y_train, dtype=target))
     x_test = torch.from_numpy(np.ascontiguousarray(raw.x_test, dtype=np.float32))
-    y_test = torch.from_numpy(np.ascontiguousarray(raw.y_test, dtype=np.int64))
+    y_test = torch.from_numpy(np.ascontiguousarray(raw.y_test, dtype=target))
     keep_t, val_t = torch.from_numpy(keep), torch.from_numpy(val)
-    x_train, x_val, x_test = _standardise(x[keep_t], x[val_t], x_test)
+    if (raw.meta or {}).get("normalised") == "per-example":  # e.g. min-max per patch: kept as is
+        x_train, x_val = x[keep_t], x[val_t]
+    else:
+        x_train, x_val, x_test = _standardise(x[keep_t], x[val_t], x_test)
     return Dataset(
         name=name,
         x_train=x_train,

@@ -11,9 +11,10 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Dataset:
-    """A classification dataset held as tensors.
+    """A classification (or regression, see :attr:`task`) dataset held as tensors.
 
-    ``x_*`` are float32 of shape ``(N, C, *spatial)``; ``y_*`` are int64 labels.
+    ``x_*`` are float32 of shape ``(N, C, *spatial)``; ``y_*`` are int64 labels (regression:
+    float32 targets ``(N, num_classes)``).
     ``notes`` records anything a report must mention (e.g. a carved test split).
     ``meta`` holds dataset-specific extras, e.g. ``meta["retrieval"]`` for re-identification
     datasets (see :mod:`compresslab.data.retrieval`); it is carried along by :meth:`to`.
@@ -29,6 +30,12 @@ class Dataset:
     num_classes: int
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        """``"regression"`` when ``meta["task"]`` says so (float targets ``(N, num_classes)``,
+        e.g. ``bragg:synthetic``), else ``"classification"``."""
+        return self.meta.get("task", "classification")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
 
+from compresslab import torch_ao
 from compresslab.errors import UserError
 
-#: Module types whose cost is counted (subclasses included).
-COUNTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, DynamicQuantLinear)
+#: Module types whose cost is counted (subclasses included); torch's dynamic-quantised
+#: Linear while torch still has it.
+COUNTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, *torch_ao.dynamic_linear_types())
 
 _MAX_REPEATS = 10_000
 

@@ -4,6 +4,10 @@ Every function takes logits of shape (N, K) as torch tensors or numpy arrays,
 computes in float64 torch, vectorised over examples, and returns Python floats
 (except :func:`softmax_probs`, which returns the probabilities). Divergences
 are in nats.
+
+Regression models (outputs are coordinates, e.g. a Bragg peak's centre in pixels) are
+compared by :func:`compare_outputs` instead: output MSE and mean Euclidean distances;
+:func:`compare` picks by the dataset's task.
 """
 
 from __future__ import annotations
@@ -150,3 +154,30 @@ def compare_logits(a, b, labels=None) -> dict[str, float]:
         out["accuracy_a"] = accuracy(a, labels)
         out["accuracy_b"] = accuracy(b, labels)
     return out
+
+
+def mean_distance(a, b) -> float:
+    """Mean over examples of the Euclidean distance between rows of ``a`` and ``b`` (N, K):
+    for centre regression, the mean centre error in the targets' unit (pixels)."""
+    a, b = _pair(a, b)
+    return float(torch.linalg.vector_norm(a - b, dim=1).mean())
+
+
+def compare_outputs(a, b, targets=None) -> dict[str, float]:
+    """Function similarity of two regression models, with stable keys: ``mse`` (mean over
+    examples and outputs of the squared difference of their outputs) and
+    ``centre_distance_px`` (mean Euclidean distance between their predictions), and with
+    ``targets`` also ``centre_error_px_a`` and ``centre_error_px_b`` (each model's mean
+    Euclidean error). Distances are in the targets' unit (pixels for ``bragg:synthetic``)."""
+    a, b = _pair(a, b)
+    out = {"mse": float((a - b).pow(2).mean()), "centre_distance_px": mean_distance(a, b)}
+    if targets is not None:
+        out["centre_error_px_a"] = mean_distance(a, targets)
+        out["centre_error_px_b"] = mean_distance(b, targets)
+    return out
+
+
+def compare(a, b, labels=None, *, task: str = "classification") -> dict[str, float]:
+    """:func:`compare_logits`, or :func:`compare_outputs` when ``task`` is ``"regression"``
+    (``labels`` are then the float targets)."""
+    return compare_outputs(a, b, labels) if task == "regression" else compare_logits(a, b, labels)

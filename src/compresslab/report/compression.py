@@ -1,11 +1,14 @@
 """The HTML report and the fidelity plot of a ``compression-functional`` study."""
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
-from compresslab.report.html import _png, inheritance_section, write_page
+from compresslab.figures import save_png
+from compresslab.report import svg
+from compresslab.report.html import badge, inheritance_section
 from compresslab.report.kd import _ci
+from compresslab.report.page import BAND_LEGEND, as_stored, closeness, esc, legend, page, plots, table, write_page
+from compresslab.report.svg import COLORS
 
 FAMILY_STYLE = {"distillation": ("^", "C3"), "pruning": ("o", "C0"), "quantization": ("s", "C2"),
                 "pruning+quantization": ("D", "C4"), "scratch": ("v", "C1")}
@@ -59,12 +62,49 @@ def _figure(results: dict):
     return fig
 
 
+SHAPES = {"distillation": "triangle", "pruning": "circle", "quantization": "square", "pruning+quantization": "diamond",
+          "scratch": "down"}
+
+
 def plot_fidelity(results: dict, path: str | Path | None = None) -> str:
-    """The fidelity plot as a data URI; also saved as PNG at ``path`` when given."""
-    fig = _figure(results)
+    """The fidelity panels as inline SVG (shape = family, colour = inside or beyond the
+    independent retrains' 95% CI); also the matplotlib figure as PNG at ``path`` when given."""
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    return _png(fig)
+        import matplotlib.pyplot as plt
+
+        fig = _figure(results)
+        save_png(fig, path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    summ = results["summaries"]
+    ind = summ.get("independent") or {}
+    out = []
+    for metric, label, k in PANELS:
+        js = metric == "js_divergence"
+        p = svg.Plot(label, "compression ratio (parent's nonzero weight bits / model's, log)", label, width=560,
+                     height=360, xscale="log", yscale="symlog" if js else "linear", yfmt=(lambda v: f"{v:g}"))
+        band = ind.get(metric)
+        if band:
+            p.band(k * band["ci_low"], k * band["ci_high"], label="independent retrain (95% CI)",
+                   title=f"independent retrain: {k * band['mean']:.4g} [{k * band['ci_low']:.4g}, {k * band['ci_high']:.4g}]")
+        for fam, shape in SHAPES.items():
+            pts = [(n, s) for n, s in summ.items() if s["family"] == fam and s.get(metric)]
+            if not pts:
+                continue
+            pts.sort(key=lambda t: t[1]["compression_ratio"])
+            xs = [s["compression_ratio"] for _, s in pts]
+            ys = [k * s[metric]["mean"] for _, s in pts]
+            if len(pts) > 1:
+                p.line(xs, ys, color="#bbb", width=1)
+            p.errorbars(xs, [k * s[metric]["ci_low"] for _, s in pts], [k * s[metric]["ci_high"] for _, s in pts],
+                        color="#666")
+            band_mm = {"min": band["ci_low"], "max": band["ci_high"]} if band else None
+            cls = [closeness(s[metric]["mean"], band_mm, lower_is_closer=js) for _, s in pts]
+            p.points(xs, ys, shape=shape, r=5.5, color=[COLORS[c] for c in cls], labels=[n for n, _ in pts],
+                     titles=[f"{n} ({fam}, {s['compression_ratio']:.3g}x): {k * s[metric]['mean']:.4g} "
+                             f"[{k * s[metric]['ci_low']:.4g}, {k * s[metric]['ci_high']:.4g}]" for n, s in pts])
+            p.legend(fam, "#777", shape)
+        out.append(p.svg())
+    return plots(*out)
 
 
 def _fmt_cost(c: dict) -> list[str]:
@@ -74,45 +114,49 @@ def _fmt_cost(c: dict) -> list[str]:
 
 def render_cf(results: dict) -> str:
     spec = results["spec"]
+    ind = (results["summaries"].get("independent") or {}).get("agreement")
+    band = {"min": ind["ci_low"], "max": ind["ci_high"]} if ind else None
     rows = []
     for name, s in results["summaries"].items():
-        cells = [html.escape(name), html.escape(s["family"]), f"{s['compression_ratio']:.2f}", *_fmt_cost(s["cost"]),
-                 _ci(s["accuracy"], True), _ci(s["agreement"], True), _ci(s["js_divergence"]),
-                 _ci(s["activation_distance"]), _ci(s["output_cosine"]), _ci(s["cka"])]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    tests = "".join(
-        f"<tr><td>{html.escape(t['label_a'])}</td><td>{html.escape(t['metric'])}</td><td>{t['mean_a']:.4f}</td>"
-        f"<td>{t['mean_b']:.4f}</td><td>{t['p_holm']:.2g}</td><td>{t['p_perm_holm']:.2g}</td>"
-        f"<td>{'yes' if t['significant'] else 'no'}</td></tr>" for t in results["tests"])
-    head = "".join(f"<li>{html.escape(h)}</li>" for h in results["headline"])
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in results["notes"] + results["data"]["notes"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(results['study'])}</title>
-<style>body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1250px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}
-th{{background:#f3f3f3}}</style></head><body>
-<h1>Compression, the functional perspective: <code>{html.escape(spec['parent']['name'])}</code> on
-<code>{html.escape(results['data']['name'])}</code></h1>
-<p>{len(spec['seeds'])} replicates (seeds {', '.join(map(str, spec['seeds']))}): each trains a parent, builds every child
-from it, and retrains the parent architecture from another seed (<em>independent</em>). Every model is compared with
-its own replicate's parent on the {html.escape(results['split'])} split. Cells: mean [95% bootstrap CI] over replicates.
-Cost columns: params, nonzero weight bytes at the model's bit widths, BOPs per example, latency at batch 256 in ms
-(first replicate, measured side by side; fake-quantised models run fp32 kernels, so they are not faster).</p>
-<img alt="fidelity against compression ratio" style="max-width:100%" src="{plot_fidelity(results)}">
-<ul>{head}</ul>
-<table><tr><th>model</th><th>family</th><th>ratio</th><th>params</th><th>bytes</th><th>BOPs</th><th>ms@256</th>
-<th>acc (%)</th><th>agree (%)</th><th>JS</th><th>act. dist</th><th>out. cos</th><th>CKA</th></tr>{''.join(rows)}</table>
-<h2>More similar to the parent than an independent retrain?</h2>
-<p>One-sided Welch test per model and metric, Holm-adjusted across all {len(results['tests'])} tests; the exact
-permutation p (Holm) is shown as a check.</p>
-<table><tr><th>model</th><th>metric</th><th>mean</th><th>independent</th><th>p (Welch, Holm)</th><th>p (perm., Holm)</th>
-<th>significant</th></tr>{tests}</table>
-{inheritance_section(results["correctness"], results["asymmetry"], results["control"], "parent")
- if results.get("correctness") else ""}
-<ul>{notes}</ul>
-<p>Steps run: {len(results['steps']['ran'])}, reused: {len(results['steps']['reused'])}.
-Wall time {results.get('seconds', 0):.1f} s on {results['num_threads']} threads.</p></body></html>
-"""
+        cls = ("parent" if s["family"] == "parent" else "control" if s["family"] in ("independent", "siddo", "disdo") else
+               closeness((s.get("agreement") or {}).get("mean"), band, lower_is_closer=False))
+        rows.append([esc(name), esc(s["family"]), badge(cls, cls if cls in ("parent", "control") else None),
+                     f"{s['compression_ratio']:.2f}", *_fmt_cost(s["cost"]), _ci(s["accuracy"], True),
+                     _ci(s["agreement"], True), _ci(s["js_divergence"]), _ci(s["activation_distance"]),
+                     _ci(s["output_cosine"]), _ci(s["cka"])])
+    tests = [[esc(t["label_a"]), esc(t["metric"]), f"{t['mean_a']:.4f}", f"{t['mean_b']:.4f}", f"{t['p_holm']:.2g}",
+              f"{t['p_perm_holm']:.2g}", '<b class="sig">yes</b>' if t["significant"] else '<span class="ns">no</span>']
+             for t in results["tests"]]
+    intro = (f"<p>{len(spec['seeds'])} replicates (seeds {', '.join(map(str, spec['seeds']))}): each trains a parent, "
+             "builds every child from it, and retrains the parent architecture from another seed "
+             "(<em>independent</em>). Every model is compared with its own replicate's parent on the "
+             f"{esc(results['split'])} split. Cells: mean [95% bootstrap CI] over replicates.</p>")
+    sections = [
+        "<h2>Which compressions keep the parent's function?</h2>",
+        "<p>Shape: the family of compression. Colour: green when the mean is inside the independent retrains' 95% CI "
+        "(the grey band) or closer to the parent, red when farther.</p>",
+        legend(BAND_LEGEND[1:3]),
+        plot_fidelity(results),
+        "<h2>Every model</h2>",
+        "<p>Cost columns: params, nonzero weight bytes at the model's bit widths, BOPs per example, latency at batch "
+        "256 in ms (first replicate, measured side by side; fake-quantised models run fp32 kernels, so they are not "
+        "faster). \"vs retrain\" judges mean agreement against the independent retrains' 95% CI.</p>",
+        table(["model", "family", "vs retrain", "ratio", "params", "bytes", "BOPs", "ms@256", "acc (%)", "agree (%)",
+               "JS", "act. dist", "out. cos", "CKA"], rows),
+        "<h2>More similar to the parent than an independent retrain?</h2>",
+        f"<p>One-sided Welch test per model and metric, Holm-adjusted across all {len(results['tests'])} tests; the "
+        "exact permutation p (Holm) is shown as a check.</p>",
+        table(["model", "metric", "mean", "independent", "p (Welch, Holm)", "p (perm., Holm)", "significant"], tests),
+        inheritance_section(results["correctness"], results["asymmetry"], results["control"], "parent")
+        if results.get("correctness") else "",
+    ]
+    return page(results, f"Compression, the functional perspective: <code>{esc(spec['parent']['name'])}</code> on "
+                f"<code>{esc(results['data']['name'])}</code>", results["headline"], sections,
+                [*results["notes"], *results["data"]["notes"]], intro)
 
 
 def write_cf_report(results: dict, path: str | Path) -> Path:
+    """``report.html``, and ``fidelity.png`` beside it."""
+    results = as_stored(results)
+    plot_fidelity(results, Path(path).with_name("fidelity.png"))
     return write_page(path, render_cf(results))

@@ -1,122 +1,106 @@
-"""A self-contained HTML report of a study's ``results.json``."""
+"""The self-contained HTML report of a plain study's ``results.json`` (kind ``study``), and
+the error-inheritance section the KD and compression reports share."""
 from __future__ import annotations
 
-import base64
 import html
-import io
-import os
 from pathlib import Path
 
-ROLE_COLORS = {"parent": "#1f77b4", "child": "#d62728", "control": "#7f7f7f"}
+from compresslab.report import svg
+from compresslab.report.page import BAND_LEGEND, as_stored, closeness, esc, page, plots, table, write_page
+from compresslab.report.svg import COLORS
+
 FUNCTION_COLUMNS = [("agreement", "agree"), ("kappa", "kappa"), ("js_divergence", "JS"),
                     ("activation_distance", "act. dist"), ("output_cosine", "cos"),
                     ("kl_ab", "KL(p‖c)"), ("kl_ba", "KL(c‖p)")]
+SHAPES = {"parent": "star", "child": "circle", "control": "triangle"}
+CLASS_TEXT = {"close": "as close as a retrain", "far": "farther than a retrain", "child": "no band to judge"}
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+def model_class(m: dict, band: dict | None) -> str:
+    """The colour class of a model: ``parent``, ``control``, or a child's :func:`closeness`
+    (its disagreement with the parent against the independent retrains' range)."""
+    if m["role"] in ("parent", "control"):
+        return m["role"]
+    return closeness(m["function"]["disagreement"], band)
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+def _band(results: dict) -> dict | None:
+    return (results.get("independent_baseline") or {}).get("disagreement")
 
 
 def plot_cost_accuracy(results: dict) -> str:
-    """Accuracy against BOPs per example (log x), one labelled point per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    markers = {"parent": "*", "child": "o", "control": "^"}
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    cmap = plt.get_cmap("tab10")
-    for i, m in enumerate(results["models"]):  # one legend entry per model: labels never overprint
-        ax.scatter(m["cost"]["bops"], 100 * m["accuracy"], marker=markers[m["role"]], color=cmap(i % 10),
-                   s=150 if m["role"] == "parent" else 45, zorder=4 if m["role"] == "parent" else 3,
-                   label=f"{m['name']} ({m['role']})", edgecolor="black", linewidth=0.4)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel("BOPs per example (log scale; M = 10^6)")
-    ax.set_ylabel(f"{results['split']} accuracy (%)")
-    ax.set_title("Cost against accuracy")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    """Accuracy against BOPs per example (log x), a labelled point per model, coloured by class."""
+    band = _band(results)
+    ms = results["models"]
+    p = svg.Plot("Cost against accuracy", "BOPs per example (log scale)", f"{results['split']} accuracy (%)",
+                 xscale="log")
+    for role in ("control", "child", "parent"):
+        sub = [m for m in ms if m["role"] == role]
+        if sub:
+            p.points([m["cost"]["bops"] for m in sub], [100 * m["accuracy"] for m in sub],
+                     titles=[f"{m['name']} ({m['role']}): {100 * m['accuracy']:.2f}% at {svg.short(m['cost']['bops'])} "
+                             "BOPs" for m in sub], color=[COLORS[model_class(m, band)] for m in sub],
+                     shape=SHAPES[role], r=7 if role == "parent" else 5, labels=[m["name"] for m in sub])
+        p.legend(role, "#777", SHAPES[role])
+    return p.svg()
 
 
 def plot_disagreement(results: dict) -> str:
-    """Disagreement with the parent per model, with the independent-retrain range as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Disagreement with the parent per model, over the independent retrains' range as a band.
+    A child's bar is green inside or below the band, red above it; controls grey."""
+    band = _band(results)
     models = [m for m in results["models"] if m["role"] != "parent"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    names = [m["name"] for m in models]
     vals = [100 * m["function"]["disagreement"] for m in models]
-    ax.barh(names, vals, color=[ROLE_COLORS[m["role"]] for m in models])
-    base = results.get("independent_baseline", {}).get("disagreement")
-    if base:
-        ax.axvspan(100 * base["min"], 100 * base["max"], color="#7f7f7f", alpha=0.25, zorder=0,
-                   label="independent retrains (range)")
-        ax.axvline(100 * base["mean"], color="#555", linestyle="--", linewidth=1, zorder=0)
-        ax.legend(fontsize=8, loc="lower right")
-    ax.invert_yaxis()
-    ax.set_xlabel("top-1 disagreement with the parent (%)")
-    ax.set_title("Which children still compute the parent's function?")
-    ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    cls = [model_class(m, band) for m in models]
+    titles = [f"{m['name']} ({m['role']}): {v:.2f}% disagreement, {CLASS_TEXT.get(c, c)}"
+              for m, v, c in zip(models, vals, cls)]
+    leg = [(t, c, "square") for c, t in BAND_LEGEND[1:]]
+    if band:
+        leg.append(("independent retrains (range)", COLORS["control"], "band"))
+    return svg.hbars([m["name"] for m in models], vals, colors=[COLORS[c] for c in cls], titles=titles,
+                     title="Which children still compute the parent's function?",
+                     xlabel="top-1 disagreement with the parent (%)",
+                     band=(100 * band["min"], 100 * band["max"]) if band else None,
+                     band_title=(f"independent retrains: {100 * band['min']:.2f}–{100 * band['max']:.2f}% "
+                                 f"(n = {band['n']})") if band else "",
+                     mean=100 * band["mean"] if band else None, legend=leg)
 
 
 def plot_prune_sweep(results: dict) -> str | None:
-    """Accuracy, disagreement and parameter cosine against sparsity, p* and the safe amount marked."""
+    """Accuracy, disagreement and parameter cosine against sparsity, one line per criterion,
+    p* and the safe amount marked."""
     pruned = [m for m in results["models"] if "sparsity" in m]
     if len(pruned) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     parent = results["models"][0]
-    base = results.get("independent_baseline", {}).get("disagreement")
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    base = _band(results)
     panels = [("accuracy", "accuracy (%)", lambda m: 100 * m["accuracy"]),
               ("disagreement", "disagreement with parent (%)", lambda m: 100 * m["function"]["disagreement"]),
               ("param_cosine", "parameter cosine to parent", lambda m: m["param_cosine"])]
     criteria = sorted({m["criterion"] for m in pruned})
-    for ax, (key, label, get) in zip(axes, panels):
+    out = []
+    for key, label, get in panels:
+        p = svg.Plot(label, "sparsity (%)", label, width=360, height=300)
+        if key == "disagreement" and base:
+            p.band(100 * base["min"], 100 * base["max"], title="independent retrains (range)",
+                   label="independent retrains")
+        if key == "accuracy":
+            p.rule(100 * parent["accuracy"], color=COLORS["parent"], title=f"parent: {100 * parent['accuracy']:.2f}%",
+                   label="parent")
         for i, crit in enumerate(criteria):
             ms = sorted((m for m in pruned if m["criterion"] == crit), key=lambda m: m["sparsity"])
-            ax.plot([100 * m["sparsity"] for m in ms], [get(m) for m in ms], marker="o", ms=4, label=crit,
-                    color=plt.get_cmap("tab10")(i))
+            xs, ys = [100 * m["sparsity"] for m in ms], [get(m) for m in ms]
+            p.line(xs, ys, color=svg.series_color(i + 1))
+            p.points(xs, ys, color=svg.series_color(i + 1), label=crit,
+                     titles=[f"{m['name']} ({crit}, {100 * m['sparsity']:.1f}% sparse): {get(m):.4g}" for m in ms])
         for m in pruned:
-            rule = m.get("amount_rule", {}).get("rule")
+            rule = (m.get("amount_rule") or {}).get("rule")
             if rule:
-                ax.axvline(100 * m["sparsity"], color="black" if rule == "p_star" else "#2ca02c",
-                           linestyle="--", linewidth=1, label="p*" if rule == "p_star" else "safe amount")
-        if key == "accuracy":
-            ax.axhline(100 * parent["accuracy"], color="#1f77b4", linewidth=1, linestyle=":", label="parent")
-        if key == "disagreement" and base:
-            ax.axhspan(100 * base["min"], 100 * base["max"], color="#7f7f7f", alpha=0.25,
-                       label="independent retrains")
-        ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    uniq = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            uniq.setdefault(label, handle)
-    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=len(uniq), fontsize=8,
-               bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle("Pruning sweep (after fine-tuning)")
-    fig.tight_layout()
-    return _png(fig)
+                p.rule(100 * m["sparsity"], axis="x", color="#222" if rule == "p_star" else COLORS["close"],
+                       label="p*" if rule == "p_star" else "safe amount",
+                       title=f"{m['name']}: {rule} = {100 * m['sparsity']:.1f}%")
+        out.append(p.svg())
+    return plots(*out)
 
 
 def _fmt(v, kind: str = "") -> str:
@@ -131,88 +115,90 @@ def _fmt(v, kind: str = "") -> str:
     return f"{v:.4f}"
 
 
+def badge(cls: str, text: str | None = None) -> str:
+    """A coloured dot and its meaning, for a table cell."""
+    return (f'<span class="swatch" style="background:{COLORS[cls]}"></span>'
+            f"{esc(text or CLASS_TEXT.get(cls, cls))}")
+
+
+def verdict(results: dict) -> list[str]:
+    """One line per class of child: which are as close to the parent as an independent retrain."""
+    band = _band(results)
+    kids = [m for m in results["models"] if m["role"] == "child"]
+    if not kids:
+        return ["No children to judge."]
+
+    def names(ms):
+        return ", ".join(f"{m['name']} ({100 * m['function']['disagreement']:.1f}%)" for m in ms)
+
+    if not band:
+        return [f"No independent retrain to judge by; disagreement with the parent: {names(kids)}."]
+    rng = f"{100 * band['min']:.1f}–{100 * band['max']:.1f}%"
+    close = [m for m in kids if model_class(m, band) == "close"]
+    far = [m for m in kids if model_class(m, band) == "far"]
+    lines = []
+    if close:
+        lines.append(f"{len(close)} of {len(kids)} children disagree with the parent no more than an independent "
+                     f"retrain does ({rng}): {names(close)}.")
+    if far:
+        lines.append(f"Farther from the parent than an independent retrain ({rng}): {names(far)}.")
+    return lines
+
+
 def render(results: dict) -> str:
-    e = html.escape
+    band = _band(results)
     rows = []
     for m in results["models"]:
         c, f = m["cost"], m["function"]
         lat = c.get("latency_ms") or {}
-        cells = [e(m["name"]), e(m["role"]), e(m["method"]), _fmt(m["accuracy"], "pct"),
-                 _fmt(c["params"], "int"), _fmt(c["nonzero_params"], "int"), _fmt(c["macs"], "int"),
-                 _fmt(c["bops"], "sci"), _fmt(c["bytes"], "int"),
-                 _fmt(lat.get("batch1")), _fmt(lat.get("batch256")),
-                 *[_fmt(f[k]) for k, _ in FUNCTION_COLUMNS]]
-        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
-    head = ["model", "role", "method", "acc (%)", "params", "nonzero", "MACs", "BOPs", "bytes",
+        rows.append([esc(m["name"]), esc(m["role"]), esc(m["method"]),
+                     badge(model_class(m, band), "" if m["role"] != "child" else None), _fmt(m["accuracy"], "pct"),
+                     _fmt(c["params"], "int"), _fmt(c["nonzero_params"], "int"), _fmt(c["macs"], "int"),
+                     _fmt(c["bops"], "sci"), _fmt(c["bytes"], "int"), _fmt(lat.get("batch1")),
+                     _fmt(lat.get("batch256")), *[_fmt(f[k]) for k, _ in FUNCTION_COLUMNS]])
+    head = ["model", "role", "method", "vs retrain", "acc (%)", "params", "nonzero", "MACs", "BOPs", "bytes",
             "ms @1", "ms @256", *[h for _, h in FUNCTION_COLUMNS]]
     base = results.get("independent_baseline") or {}
-    base_rows = "".join(
-        f"<tr><td>{e(k)}</td><td>{_fmt(v['mean'])}</td><td>{_fmt(v['min'])}</td><td>{_fmt(v['max'])}</td>"
-        f"<td>{v['n']}</td></tr>" for k, v in base.items())
+    base_rows = [[esc(k), _fmt(v["mean"]), _fmt(v["min"]), _fmt(v["max"]), v["n"]] for k, v in base.items()]
     d = results["data"]
-    notes = "".join(f"<li>{e(n)}</li>" for n in d["notes"]) or "<li>none</li>"
-    steps = results.get("steps", {})
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>compresslab: {e(results['study'])}</title>
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
-td:first-child, th:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
-th {{ background: #f3f3f3; }} .plots img {{ max-width: 49%; }}
-</style></head><body>
-<h1>Study <code>{e(results['study'])}</code></h1>
-{_failed_section(results)}
-<p>Data <code>{e(d['name'])}</code>: {', '.join(f'{k} {v}' for k, v in d['sizes'].items())} examples,
-{d['num_classes']} classes, input {tuple(d['input_shape'])}. Metrics on the <b>{e(results['split'])}</b> split.
-Latency measured with {results['num_threads']} threads, every model in one process at report time.</p>
-<p>Notes on the data:</p><ul>{notes}</ul>
-<h2>Models</h2>
-<p>Function metrics compare each model's outputs with the parent's (agreement = same top-1 class;
-JS and KL in nats; act. dist = mean L2 between softmax vectors; cos = mean cosine of softmax vectors).
-BOPs follow m·n·((1−s)·b<sub>a</sub>·b<sub>w</sub> + b<sub>a</sub> + b<sub>w</sub> + log<sub>2</sub> n) per layer.</p>
-<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
-<h2>Independent-retrain baseline</h2>
-<p>The parent's architecture retrained from other seeds: how similar two independently trained
-models are. A child is only "functionally close" if it beats this.</p>
-<table><tr><th>metric</th><th>mean</th><th>min</th><th>max</th><th>n</th></tr>{base_rows}</table>
-<div class="plots"><img alt="cost against accuracy" src="{plot_cost_accuracy(results)}">
-<img alt="disagreement with the parent" src="{plot_disagreement(results)}"></div>
-{_sweep_section(results)}
-<p>Steps run: {len(steps.get('ran', []))}, reused from the run store: {len(steps.get('reused', []))}.
-Wall time {results.get('seconds', 0):.1f} s.</p>
-</body></html>
-"""
-
-
-def _failed_section(results: dict) -> str:
-    failed = results.get("failed") or {}
-    if not failed:
-        return ""
-    rows = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in failed.items())
-    return (f'<div style="border:2px solid #c00;padding:0 1em;margin:1em 0"><h2>Incomplete: {len(failed)} step(s) '
-            f"failed</h2><ul>{rows}</ul><p>Every other step finished. The tables below leave the failed models "
-            "out; fix the cause and run the study again (finished steps are reused).</p></div>")
+    intro = (f"<p>Every model compared with the parent on the <b>{esc(results['split'])}</b> split "
+             f"({d['sizes'].get(results['split'], '?')} examples of <code>{esc(d['name'])}</code>). The independent "
+             "retrains are the parent's architecture trained from other seeds: a child counts as computing the "
+             "parent's function only if it is at least as close to the parent as they are.</p>")
+    sections = [
+        "<h2>Which children still compute the parent's function?</h2>",
+        plots(plot_disagreement(results), plot_cost_accuracy(results)),
+        "<h2>Models</h2>",
+        "<p>Function metrics compare each model's outputs with the parent's (agreement = same top-1 class; JS and "
+        "KL in nats; act. dist = mean L2 between softmax vectors; cos = mean cosine of softmax vectors). BOPs follow "
+        "m·n·((1−s)·b<sub>a</sub>·b<sub>w</sub> + b<sub>a</sub> + b<sub>w</sub> + log<sub>2</sub> n) per layer. "
+        f"Latency with {results.get('num_threads', '?')} threads, every model in one process at report time.</p>",
+        table(head, rows),
+        "<h2>Independent-retrain baseline</h2>",
+        "<p>How similar two independently trained models of the parent's architecture are (the band above).</p>",
+        table(["metric", "mean", "min", "max", "n"], base_rows),
+        _sweep_section(results),
+    ]
+    return page(results, f"Study <code>{esc(results['study'])}</code>: which children keep the parent's function?",
+                verdict(results), sections, d.get("notes") or [], intro)
 
 
 def _sweep_section(results: dict) -> str:
-    png = plot_prune_sweep(results)
-    if png is None:
+    figs = plot_prune_sweep(results)
+    if figs is None:
         return ""
-    rows = "".join(
-        f"<tr><td>{html.escape(m['name'])}</td><td>{html.escape(m['criterion'])}</td><td>{_fmt(m['sparsity'], 'pct')}</td>"
-        f"<td>{_fmt(m['accuracy'], 'pct')}</td><td>{_fmt(m['function']['disagreement'], 'pct')}</td>"
-        f"<td>{_fmt(m['param_cosine'])}</td></tr>"
-        for m in sorted((m for m in results["models"] if "sparsity" in m), key=lambda m: (m["criterion"], m["sparsity"])))
+    rows = [[esc(m["name"]), esc(m["criterion"]), _fmt(m["sparsity"], "pct"), _fmt(m["accuracy"], "pct"),
+             _fmt(m["function"]["disagreement"], "pct"), _fmt(m["param_cosine"])]
+            for m in sorted((m for m in results["models"] if "sparsity" in m),
+                            key=lambda m: (m["criterion"], m["sparsity"]))]
     r = next((m["amount_rule"] for m in results["models"] if "amount_rule" in m), None)
     rule_text = ""
     if r:
         rule_text = (f"<p>From the parent's weights alone: p* = {r['p_star']:.3f}, kurtosis of kurtoses "
                      f"K² = {r['kurtosis_of_kurtoses']:.3g}, safe amount = {r['safe_amount']:.3f} "
                      "(p*/ln K² if K² ≥ e, else p*/log2 K², clamped to [0, p*]).</p>")
-    return (f"<h2>Pruning sweep</h2>{rule_text}<table><tr><th>model</th><th>criterion</th><th>sparsity (%)</th>"
-            f"<th>acc (%)</th><th>disagree (%)</th><th>param cos</th></tr>{rows}</table>"
-            f'<img alt="pruning sweep" style="max-width:100%" src="{png}">')
+    return ("<h2>Pruning sweep</h2><p>After fine-tuning; one line per pruning criterion.</p>" + rule_text + figs
+            + table(["model", "criterion", "sparsity (%)", "acc (%)", "disagree (%)", "param cos"], rows))
 
 
 def inheritance_section(correctness: dict, asymmetry: dict, control: str, reference: str) -> str:
@@ -225,35 +211,30 @@ def inheritance_section(correctness: dict, asymmetry: dict, control: str, refere
                                   f"{100 * s['ci_high']:.1f}]</small>")
 
     keys = ("agree_right", "agree_wrong", "other_wrong_given_wrong", "same_error_given_both_wrong")
-    rows = "".join(f"<tr><td>{e(n)}</td>" + "".join(f"<td>{ci(v.get(k))}</td>" for k in keys) + "</tr>"
-                   for n, v in correctness.items())
-    tests = "".join(
-        f"<tr><td>{e(n)}</td><td>{100 * a['gain_right']:+.2f}</td><td>{100 * a['gain_wrong']:+.2f}</td>"
-        f"<td>{ci({'mean': a['asymmetry'], 'ci_low': a['ci_low'], 'ci_high': a['ci_high']})}</td>"
-        f"<td>{a['p_t']:.3g}</td><td>{a['p_perm']:.3g}</td><td>{a['p_t_holm']:.3g}</td>"
-        f"<td>{'yes' if a['significant'] else 'no'}</td></tr>" for n, a in asymmetry.items())
-    return f"""<h2>Does it copy the {e(reference)}'s mistakes?</h2>
-<p>Agreement with the {e(reference)} on the examples it gets <b>right</b> and on those it gets <b>wrong</b> (where
-agreeing means making the {e(reference)}'s own wrong prediction: error inheritance), the share of its errors the
-model also gets wrong, and, among examples both get wrong, the share with the same label. Mean [95% CI], in %.</p>
-<table><tr><th>model</th><th>agree, {e(reference)} right</th><th>agree, {e(reference)} wrong</th><th>also wrong</th>
-<th>same label when both wrong</th></tr>{rows}</table>
-<p>Asymmetry: per seed, the agreement gain over <code>{e(control)}</code> on the {e(reference)}'s wrong examples
-minus the gain on its right ones, in points. Positive: its errors are transferred more than its correct
-predictions. One-sided paired t-test and exact sign-flip test; Holm across models.</p>
-<table><tr><th>model</th><th>gain, right</th><th>gain, wrong</th><th>asymmetry [95% CI]</th><th>p (t)</th>
-<th>p (sign-flip)</th><th>p (t, Holm)</th><th>significant</th></tr>{tests}</table>
-"""
-
-
-def write_page(path: str | Path, page: str) -> Path:
-    """Write ``page`` to ``path`` atomically (a temporary sibling, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
-    return path
+    rows = [[e(n), *[ci(v.get(k)) for k in keys]] for n, v in correctness.items()]
+    tests = [[e(n), f"{100 * a['gain_right']:+.2f}", f"{100 * a['gain_wrong']:+.2f}",
+              ci({"mean": a["asymmetry"], "ci_low": a["ci_low"], "ci_high": a["ci_high"]}), f"{a['p_t']:.3g}",
+              f"{a['p_perm']:.3g}", f"{a['p_t_holm']:.3g}",
+              '<b class="sig">yes</b>' if a["significant"] else '<span class="ns">no</span>']
+             for n, a in asymmetry.items()]
+    r = e(reference)
+    return (f"<h2>Does it copy the {r}'s mistakes?</h2>"
+            f"<p>Agreement with the {r} on the examples it gets <b>right</b> and on those it gets <b>wrong</b> "
+            f"(where agreeing means making the {r}'s own wrong prediction: error inheritance), the share of its "
+            "errors the model also gets wrong, and, among examples both get wrong, the share with the same label. "
+            "Mean [95% CI], in %.</p>"
+            + table(["model", f"agree, {r} right", f"agree, {r} wrong", "also wrong", "same label when both wrong"],
+                    rows)
+            + f"<p>Asymmetry: per seed, the agreement gain over <code>{e(control)}</code> on the {r}'s wrong "
+            "examples minus the gain on its right ones, in points. Positive: its errors are transferred more than "
+            "its correct predictions. One-sided paired t-test and exact sign-flip test; Holm across models.</p>"
+            + table(["model", "gain, right", "gain, wrong", "asymmetry [95% CI]", "p (t)", "p (sign-flip)",
+                     "p (t, Holm)", "significant"], tests))
 
 
 def write_report(results: dict, path: str | Path) -> Path:
+    results = as_stored(results)
     return write_page(path, render(results))
+
+
+__all__ = ["inheritance_section", "render", "write_page", "write_report"]

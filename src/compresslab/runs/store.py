@@ -315,11 +315,11 @@ def _holder() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+def write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    """Write JSON atomically (temp file + rename); keys sorted unless ``sort_keys`` is False."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n")
     os.replace(tmp, path)
 
 

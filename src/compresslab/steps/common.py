@@ -1,7 +1,8 @@
 """What every step kind shares: the dataset cache, model building, and how a model step ends.
 
 Every model step ends the same way (:func:`finish_model`): checkpoint, cached logits
-per split, and ``metrics.json`` (accuracy per split, cost, training history).
+per split, and ``metrics.json`` (accuracy per split, or on regression data
+``centre_error_px``: the mean Euclidean distance of outputs to targets; cost, training history).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from compresslab import device as devices
 from compresslab.data import Dataset, load_dataset
 from compresslab.errors import UserError
 from compresslab.measure import cost_report
+from compresslab.measure.function import mean_distance
 from compresslab.models import create_model
 from compresslab.runs.checkpoint import load_checkpoint, save_checkpoint
 from compresslab.runs.store import Step, write_json
@@ -22,6 +24,8 @@ from compresslab.train import evaluate_logits
 from compresslab.train.fit import auto_stream
 
 EVAL_SPLITS = ("val", "test")
+#: The ``metrics.json`` key of a model's score per split, by :attr:`Dataset.task`.
+SCORE = {"classification": "accuracy", "regression": "centre_error_px"}
 
 
 @functools.lru_cache(maxsize=4)
@@ -118,12 +122,18 @@ def finish_model(out: Path, model: torch.nn.Module, data: Dataset, *, transforms
     runtime = model.eval()
     for t in transforms:
         runtime = apply_transform(runtime, t)
-    metrics: dict = {"accuracy": {}}
+    score = SCORE[data.task]
+    metrics: dict = {score: {}}
     for split in EVAL_SPLITS:
         x, y = data.split(split)
         logits = evaluate_logits(runtime, x).cpu()
         np.save(out / f"logits_{split}.npy", logits.numpy().astype(np.float32))
-        metrics["accuracy"][split] = float((logits.argmax(1) == y.cpu()).float().mean()) if len(y) else None
+        if not len(y):
+            metrics[score][split] = None
+        elif data.task == "regression":
+            metrics[score][split] = mean_distance(logits, y.cpu())
+        else:
+            metrics[score][split] = float((logits.argmax(1) == y.cpu()).float().mean())
     metrics["cost"] = cost_report(model, data.input_shape, layer_bits=layer_bits or None)
     metrics["runtime"] = devices.record(devices.model_device(model), precision)
     metrics.update(extra or {})

@@ -44,12 +44,12 @@ def run_quantize(step: Step, out: Path, parents: dict[str, Path], callback=None)
     model.to(dev)
     precision = "fp32"
     if scheme == "ptq-dynamic":
-        transform = q.DYNAMIC_INT8
+        transform = q.dynamic_int8_transform(model, s.get("backend", "auto"))
     else:
         cal = s["calibration"]
         batches = q.calibration_batches(data.x_train, cal["batches"], cal["batch_size"], s["seed"])
         if scheme == "ptq-static":
-            transform = q.calibrate_static_int8(model, batches)
+            transform = q.calibrate_static_int8(model, batches, s.get("backend", "auto"))
         else:
             opts = {k: s[k] for k in FAKE_OPTIONS}
             q.attach_fake_quant(model, s["bits"], act_bits=s.get("act_bits"), **opts)

@@ -98,8 +98,9 @@ def prune_spec(data: dict, amount: float | str, recipe: Recipe | dict, seed: int
 def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: int | dict | None = None,
                   per_channel: bool = False, symmetric: bool = True, observer: str = "minmax",
                   percentile: float = 99.99, calib_batches: int = 8, calib_batch_size: int = 128,
-                  recipe: Recipe | dict | None = None, seed: int = 0) -> dict:
-    """Quantise the ``parent`` step: only the keys ``scheme`` uses, so equal work hashes equally.
+                  recipe: Recipe | dict | None = None, seed: int = 0, backend: str = "auto") -> dict:
+    """Quantise the ``parent`` step: only the keys ``scheme`` uses, so equal work hashes equally
+    (``backend``, the int8 kernels of ``ptq-*``, only when it is not ``auto``).
     Raises :class:`UserError` for settings the scheme cannot honour."""
     from compresslab.compress import quantize as q
 
@@ -110,8 +111,12 @@ def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: in
         if set(wbits.values()) != {8} or (abits and set(abits.values()) != {8}):
             raise UserError(f"{scheme} runs real int8 kernels, so bits must be 8; use --scheme fake or qat "
                             "for other widths")
+        q.int8_backend(None, backend)  # a known name?
+        pinned = {} if backend == "auto" else {"backend": backend}
         if scheme == "ptq-dynamic":
-            return {"data": data, "scheme": scheme}
+            return {"data": data, "scheme": scheme, **pinned}
+    elif backend != "auto":
+        raise UserError(f"--backend {backend}: only the real int8 schemes (ptq-dynamic, ptq-static) choose kernels")
     if observer not in q.OBSERVERS:
         raise UserError(f"--observer {observer!r}: use {' or '.join(q.OBSERVERS)}")
     if not (1 <= calib_batches <= q.MAX_CALIB_BATCHES and 1 <= calib_batch_size <= q.MAX_CALIB_BATCH):
@@ -122,7 +127,7 @@ def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: in
     spec = {"data": data, "scheme": scheme, "seed": seed,
             "calibration": {"batches": calib_batches, "batch_size": calib_batch_size}}
     if scheme == "ptq-static":
-        return spec
+        return {**spec, **pinned}
     spec.update(bits=wbits, act_bits=abits, per_channel=per_channel, symmetric=symmetric, observer=observer,
                 percentile=percentile)
     if scheme == "qat":

@@ -44,7 +44,7 @@ from compresslab.measure import compare_logits, latency, stats
 from compresslab.measure.cka import cache_features, cka_against_cached
 from compresslab.measure.inheritance import asymmetry_family, split_by_correctness
 from compresslab.models import feature_points
-from compresslab.report.compression import plot_fidelity, write_cf_report
+from compresslab.report.compression import write_cf_report
 from compresslab.runs.store import RunStore, Step, canonical_json, read_json
 from compresslab.scratch import Scratch
 from compresslab.steps import data_of
@@ -309,7 +309,6 @@ def collect(spec: CompressionFunctionalSpec, entries: list[Entry], store: RunSto
 
 def write_report(results: dict, path: Path) -> Path:
     """``report.html``, and ``fidelity.png`` beside it."""
-    plot_fidelity(results, Path(path).with_name("fidelity.png"))
     return write_cf_report(results, path)
 
 

@@ -100,6 +100,9 @@ def preflight(spec: BaseModel, entries: list[Entry]) -> None:
         data = data_of({"data": json.loads(d)})
         if data.x_train.shape[0] == 0:
             raise UserError(f"dataset {data.name} has no training examples")
+        if data.task == "regression":
+            raise UserError(f"dataset {data.name} is a regression task; studies measure classifiers (agreement, "
+                            "accuracy). Use train, evaluate, compare, prune and quantize on it")
     data = next((data_of(e.step.spec) for e in entries if "data" in e.step.spec), None)
     seen: set[str] = set()
 
@@ -131,18 +134,21 @@ def study_dir(spec: BaseModel, runs: str | Path) -> Path:
 
 
 def publish(spec: BaseModel, store: RunStore, results: dict, ran: dict[str, bool], report,
-            t0: float | None = None) -> Path:
-    """Add the spec, the steps run / reused (and wall seconds since ``t0``) to ``results``;
-    write ``results.json`` and ``report(results, path)`` as ``report.html``. Returns the directory."""
+            t0: float | None = None, dirs: dict[str, str] | None = None) -> Path:
+    """Add the spec, the steps run / reused, their store directories by entry name (``dirs``)
+    and wall seconds since ``t0`` to ``results``; write ``results.json`` and
+    ``report(results, path)`` as ``report.html``. Returns the directory."""
     results["spec"] = spec.model_dump(mode="json")
     results["steps"] = {"ran": sorted(k for k, v in ran.items() if v),
                         "reused": sorted(k for k, v in ran.items() if not v)}
+    if dirs is not None:
+        results["steps"]["dirs"] = dict(sorted(dirs.items()))
     if t0 is not None:
         results["seconds"] = time.perf_counter() - t0
     out = study_dir(spec, store.root)
     out.mkdir(parents=True, exist_ok=True)
     results["store"] = store.location
-    write_json(out / "results.json", results)
+    write_json(out / "results.json", results, sort_keys=False)  # the order the kind reports in
     report(results, out / "report.html")
     if store.remote:  # shared stores get the study's outputs too
         store.upload_dir(out, f"studies/{out.name}")
@@ -178,7 +184,8 @@ def run_kind(spec: BaseModel, runs: str | Path = "runs", *, progress=None, devic
                    "num_threads": torch.get_num_threads(),
                    "runtime": devices.describe(runtime.torch_device, deterministic=runtime.deterministic),
                    **kind.collect(spec, done, store, progress), "failed": failed}
-    return results, publish(spec, store, results, ran, kind.report, t0)
+    dirs = {e.name: e.step.dirname for e in entries}
+    return results, publish(spec, store, results, ran, kind.report, t0, dirs)
 
 
 __all__ = ["Entry", "StudyKind", "data_block", "list_study_kinds", "preflight", "publish",

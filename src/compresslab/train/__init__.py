@@ -4,7 +4,7 @@
 >>> result = fit(model, data, Recipe(epochs=5, lr=0.1), seed=0)
 >>> accuracy(model, data.x_val, data.y_val)
 """
-from compresslab.train.fit import FitResult, accuracy, evaluate_logits, fit, native_bf16
+from compresslab.train.fit import FitResult, accuracy, default_loss, evaluate_logits, fit, native_bf16
 from compresslab.train.losses import (
     CrossEntropy,
     Loss,
@@ -29,6 +29,7 @@ __all__ = [
     "TermFactory",
     "accuracy",
     "compose_loss",
+    "default_loss",
     "evaluate_logits",
     "fit",
     "get_term_factory",

@@ -34,8 +34,9 @@ from compresslab.train.recipe import Recipe
 @dataclass
 class FitResult:
     """What ``fit`` did: one history entry per epoch (``epoch``, ``loss``, ``acc``,
-    ``seconds``, ``samples_per_s``; training-mode running values), wall seconds, and
-    the number of optimizer steps taken."""
+    ``seconds``, ``samples_per_s``; training-mode running values; on regression data
+    ``error``, the mean Euclidean distance of outputs to targets, instead of ``acc``), wall
+    seconds, and the number of optimizer steps taken."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -126,6 +127,24 @@ def _collapsed(history: list[dict[str, float]], num_classes: int) -> str | None:
     return None
 
 
+def default_loss(data: Dataset) -> dict[str, float]:
+    """The loss ``fit`` trains with when given none: ``{"mse": 1.0}`` on regression data
+    (:attr:`Dataset.task`), else ``{"ce": 1.0}``."""
+    return {"mse": 1.0} if data.task == "regression" else {"ce": 1.0}
+
+
+def _score(total: torch.Tensor, seen: int, regression: bool) -> dict[str, float]:
+    """The running training score of an epoch: ``acc``, or on regression data ``error`` (the
+    mean Euclidean distance of outputs to targets)."""
+    return {"error" if regression else "acc": total.item() / seen}
+
+
+def _event_score(total: torch.Tensor, seen: int, regression: bool) -> dict[str, float]:
+    """:func:`_score` for a callback event, which always carries ``acc`` (nan on regression data)."""
+    score = _score(total, seen, regression)
+    return {"acc": float("nan"), **score} if regression else score
+
+
 def _sum_over_ranks(loss_sum: float, correct: torch.Tensor, seen: int) -> tuple[float, torch.Tensor, int]:
     """Epoch totals over every rank of the initialised process group (unchanged without one)."""
     import torch.distributed as dist
@@ -134,7 +153,7 @@ def _sum_over_ranks(loss_sum: float, correct: torch.Tensor, seen: int) -> tuple[
         return loss_sum, correct, seen
     sums = torch.tensor([loss_sum, float(correct), float(seen)], dtype=torch.float64)
     dist.all_reduce(sums)
-    return float(sums[0]), sums[1].long(), int(sums[2])
+    return float(sums[0]), sums[1], int(sums[2])
 
 
 def fit(
@@ -156,7 +175,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place on ``data.x_train`` / ``data.y_train`` following ``recipe``.
 
-    - ``loss``: ``{term name: weight}`` (default ``{"ce": 1.0}``), built from the registered
+    - ``loss``: ``{term name: weight}`` (default ``{"ce": 1.0}``, on regression data
+      ``{"mse": 1.0}``: :func:`default_loss`), built from the registered
       terms with the recipe's label smoothing and no teacher, ``terms`` supplying extra
       ready ones (see :func:`compresslab.train.losses.compose_loss`); or a ready
       :class:`~compresslab.train.losses.Loss` (as :func:`compresslab.compress.distill.distill` passes).
@@ -227,7 +247,8 @@ def fit(
     if isinstance(loss, Loss):
         loss_fn = loss
     else:
-        loss_fn = compose_loss(loss or {"ce": 1.0}, terms, label_smoothing=recipe.label_smoothing)
+        loss_fn = compose_loss(loss or default_loss(data), terms, label_smoothing=recipe.label_smoothing)
+    regression = data.task == "regression"
 
     x, y = data.x_train, data.y_train
     if stream is None:
@@ -305,7 +326,8 @@ def fit(
                 t0 = time.perf_counter()
                 seen = 0
                 loss_sum = 0.0
-                correct = torch.zeros((), dtype=torch.long, device=device)  # read back at epoch end
+                # correct predictions (regression: summed distances to the targets), read back at epoch end
+                correct = torch.zeros((), dtype=torch.float32 if regression else torch.long, device=device)
                 window: list[tuple[torch.Tensor, int, int, int]] = []  # CUDA: (loss, batch, step, global step)
                 if recipe.sampler == "pk":  # class-balanced runs, drawn on the CPU
                     order = pk_order(y, bs, recipe.pk_instances, steps_per_epoch, generator=cpu_gen)
@@ -359,14 +381,17 @@ def fit(
                         after_step(model)
 
                     seen += nb
-                    correct.add_((logits.detach().argmax(1) == yb).sum())
+                    if regression:
+                        correct.add_(torch.linalg.vector_norm(logits.detach() - yb, dim=1).sum())
+                    else:
+                        correct.add_((logits.detach().argmax(1) == yb).sum())
                     last = global_step >= total_steps or step == steps_per_epoch
                     if window and (len(window) >= check_every or last):
                         summed, loss_v = _drain(window, epoch)
                         loss_sum += summed
                     if callback is not None and (check_every == 1 or not window):
                         callback({"event": "step", "epoch": epoch, "step": step, "loss": loss_v,
-                                  "acc": correct.item() / seen,
+                                  **_event_score(correct, seen, regression),
                                   "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
                     if global_step >= total_steps:
                         break
@@ -375,14 +400,14 @@ def fit(
                 seconds = time.perf_counter() - t0
                 if shard is not None:
                     loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, seen)
-                record = {"epoch": epoch, "loss": loss_sum / seen, "acc": correct.item() / seen,
+                record = {"epoch": epoch, "loss": loss_sum / seen, **_score(correct, seen, regression),
                           "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9)}
                 history.append(record)
                 if callback is not None:
-                    callback({"event": "epoch", **record})
+                    callback({"event": "epoch", **record, **_event_score(correct, seen, regression)})
                 if global_step >= total_steps:
                     break
-                if health and recipe.epochs > HEALTH_EPOCHS:
+                if health and recipe.epochs > HEALTH_EPOCHS and not regression:
                     reason = _collapsed(history, data.num_classes)
                     if reason:
                         raise UserError(reason)

@@ -12,7 +12,7 @@ Every term name resolves through one registry: :func:`register_term` maps a name
 (:class:`compresslab.compress.distill.TeacherSignal`; None when there is no teacher) and
 ``cfg`` holds keyword settings shared by all terms (``label_smoothing``, ``temperature``,
 ``student``, ``seed``, ...): each factory takes what it needs and ignores the rest.
-``ce`` is registered here; importing :mod:`compresslab.compress` registers ``kd``,
+``ce`` (classification) and ``mse`` (regression) are registered here; importing :mod:`compresslab.compress` registers ``kd``,
 ``at`` and ``hint``. A user registers a term the same way::
 
     @register_term("logit_l2")
@@ -110,12 +110,34 @@ class CrossEntropy:
         self.label_smoothing = label_smoothing
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
+        if ctx.y.is_floating_point():
+            raise UserError("loss: the 'ce' term needs class labels, and this dataset has regression targets; "
+                            "use the 'mse' term (the default for regression data)")
         return F.cross_entropy(ctx.logits, ctx.y, label_smoothing=self.label_smoothing)
 
 
 @register_term("ce")
 def _cross_entropy(signal: Any, *, label_smoothing: float = 0.0, **_: Any) -> CrossEntropy:
     return CrossEntropy(label_smoothing)
+
+
+class MeanSquaredError:
+    """The ``mse`` term: mean over examples and outputs of ``(output - target)²``, against the
+    float targets ``(N, K)`` of a regression dataset (the default loss there)."""
+
+    feature_points: list[str] = []
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        if not ctx.y.is_floating_point() or ctx.y.shape != ctx.logits.shape:
+            raise UserError(f"loss: the 'mse' term needs regression targets shaped like the outputs "
+                            f"{tuple(ctx.logits.shape)}, got {ctx.y.dtype} {tuple(ctx.y.shape)}; "
+                            "for class labels use 'ce'")
+        return F.mse_loss(ctx.logits, ctx.y)
+
+
+@register_term("mse")
+def _mean_squared_error(signal: Any, **_: Any) -> MeanSquaredError:
+    return MeanSquaredError()
 
 
 class BatchHardTriplet:
