@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,3 +208,17 @@ def test_project_files(float_export):
     for f in ("build_prj.tcl", "hls4ml_config.yml", "firmware/compresslab.cpp", "firmware/parameters.h"):
         assert (prj / f).is_file(), f
     assert r["reuse_factor"] == 1 and r["io_type"] == "io_parallel" and r["compile_seconds"] > 0
+
+
+def test_parity_on_regression_reports_centre_errors_not_argmax():
+    from compresslab.export_hls import _parity
+
+    y = np.array([[0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    ref = np.array([[0.0, 0.3], [1.0, 0.0]], dtype=np.float32)
+    got = np.array([[0.4, 0.3], [1.0, 0.0]], dtype=np.float32)
+    r = _parity(ref, got, y, "regression")
+    assert r["torch_centre_error_px"] == pytest.approx(0.15)
+    assert r["parity"]["centre_distance_px"] == pytest.approx(0.2) and r["parity"]["max_abs_diff"] == pytest.approx(0.4)
+    assert r["parity"]["centre_error_px"] == pytest.approx(0.25)  # |(0.4, 0.3)| = 0.5, then 0
+    c = _parity(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32)[::-1], np.array([0, 1]), "classification")
+    assert c["parity"]["top1_agreement"] == 0.0 and c["torch_accuracy"] == 1.0 and c["parity"]["accuracy"] == 0.0

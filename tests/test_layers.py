@@ -13,7 +13,7 @@ SRC = Path(__file__).parent.parent / "src" / "compresslab"
 #: Lowest first. A module may import its own layer and any lower one.
 LAYERS = [
     {"errors"},
-    {"progress", "figures", "scratch", "console", "device", "ort", "torch_ao"},
+    {"progress", "figures", "scratch", "console", "device", "ort", "torch_ao", "codesign"},
     {"data"},
     {"models"},
     {"train"},
@@ -24,7 +24,7 @@ LAYERS = [
     {"report"},
     {"study"},
     {"export", "fidelity", "export_hls"},
-    {"api"},
+    {"api", "mixed_precision", "codesign_pipeline"},
     {"cli"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

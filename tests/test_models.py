@@ -42,6 +42,7 @@ NATURAL_SHAPES = {
     "wrn-": (3, 32, 32),
     "wrn1d-": (1, 40),
     "braggnn": (1, 11, 11),
+    "searched": (1, 40),
 }
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import time
 from contextlib import nullcontext
@@ -25,6 +24,8 @@ from compresslab.runs.checkpoint import load_checkpoint, read_model_json
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.steps import build, check_step, dataset, run_step
 from compresslab.steps.common import SCORE, checkpoint_logits, load_model
+from compresslab.steps.common import checkpoint_step as _checkpoint_step
+from compresslab.steps.common import parent_recipe as _parent_recipe
 from compresslab.steps.specs import (
     data_spec,
     distill_spec,
@@ -224,36 +225,16 @@ def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", see
     return compare(checkpoint_logits(a, ds, split), checkpoint_logits(b, ds, split), labels=y, task=ds.task)
 
 
-def _checkpoint_step(checkpoint: Path) -> Step:
-    """A checkpoint on disk as a parent step: named by the SHA-256 of its model.json +
-    model.safetensors (what a child step depends on)."""
-    read_model_json(checkpoint)  # a clear error for a missing or foreign directory
-    h = hashlib.sha256()
-    for name in ("model.json", "model.safetensors"):
-        path = Path(checkpoint) / name
-        if not path.is_file():
-            raise UserError(f"{path}: file not found; the checkpoint is incomplete")
-        h.update(path.read_bytes())
-    return Step("checkpoint", {"sha256": h.hexdigest()}, label=str(checkpoint))
-
-
-def _parent_recipe(checkpoint: Path):
-    """The recipe compresslab trained ``checkpoint`` with (from the store's spec.json), else the default."""
-    spec_file = Path(checkpoint) / "spec.json"
-    base = read_json(spec_file)["spec"].get("recipe") if spec_file.is_file() else None
-    return Recipe(**base) if base else Recipe()
-
-
 @on_device
 def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe", method: str = "global-l1",
                      scope: str = "all", importance: str = "magnitude", global_channels: bool = False,
                      finetune_epochs: int = 1, lr: float | None = None, seed: int = 0, val_fraction: float = 0.1,
-                     runs: str | Path = "runs", progress=None) -> dict:
+                     runs: str | Path = "runs", progress=None, round_to: int | None = None) -> dict:
     """Prune a checkpoint (then fine-tune) as a run-store step.
 
     ``method`` is ``global-l1`` / ``layer-l1`` / ``random`` (unstructured; masks are kept
     through fine-tuning) or ``channel`` (structured, through Torch-Pruning: the child is
-    physically smaller; ``importance`` and ``global_channels`` apply, and the result
+    physically smaller; ``importance``, ``global_channels`` and ``round_to`` apply, and the result
     includes latency before and after, measured side by side).
     ``amount`` is a fraction, or ``"p_star"`` / ``"safe"`` (read off the weights;
     unstructured only). The fine-tuning recipe is the parent's own (when compresslab
@@ -273,7 +254,7 @@ def prune_checkpoint(checkpoint: Path, data: str, *, amount: float | str = "safe
     recipe = _parent_recipe(checkpoint)
     ft = finetune_recipe(recipe, epochs=finetune_epochs, lr=lr or recipe.lr / 10, validated=True)
     step = Step("prune", prune_spec(data_spec(data, val_fraction, seed), amount, ft, seed, method=method, scope=scope,
-                                    importance=importance, global_channels=global_channels),
+                                    importance=importance, global_channels=global_channels, round_to=round_to),
                 parents={"parent": _checkpoint_step(checkpoint)}, label=f"prune {checkpoint.name}")
     out, ran = _run(step, {"parent": checkpoint}, runs, progress, f"prune {checkpoint.name}")
     m = read_json(out / "metrics.json")

@@ -133,21 +133,30 @@ def _hls_model(plain: nn.Module, model: nn.Module, types: dict[str, dict]) -> nn
     return plain.eval()
 
 
-def _layer_types(graph, model: nn.Module, types: dict[str, dict]) -> dict[str, dict]:
+def _layer_types(graph, model: nn.Module, types: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
     """hls4ml per-layer precision overrides: weight type and lossless accumulator on each
-    quantised layer, the input type on its producer (through reshapes)."""
+    quantised layer, the input type on its producer (through reshapes). A layer whose only
+    user is a BatchNorm keeps the default weight type, because hls4ml folds the BatchNorm
+    into its weights, which moves them off the fake-quant grid (with the grid's narrow type
+    the folded weights saturate). Returns the overrides and those layers' names."""
     nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
     modules = dict(model.named_modules())
     out: dict[str, dict] = {}
+    folded = []
     for name, t in types.items():
         node = nodes[name]
-        out.setdefault(node.name, {}).update(weight=t["weight"], accum="auto")
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(users[0].target),
+                                                                         nn.modules.batchnorm._BatchNorm):
+            folded.append(name)
+        else:
+            out.setdefault(node.name, {}).update(weight=t["weight"], accum="auto")
         src = node.args[0] if "input" in t else None
         while src is not None:
             out.setdefault(src.name, {})["result"] = t["input"]
             kind = type(modules.get(src.target)).__name__ if src.op == "call_module" else str(src.target)
             src = src.args[0] if kind in _PASS_THROUGH and src.args else None
-    return out
+    return out, folded
 
 
 def _trace(model: nn.Module):
@@ -200,6 +209,21 @@ def require_hls(out: Path) -> None:
                         f"and the Python side comes with {INSTALL}")
 
 
+def _parity(reference: np.ndarray, got: np.ndarray, y: np.ndarray, task: str) -> dict:
+    """The C simulation against PyTorch: the largest output difference, and top-1 agreement and
+    accuracy (classification) or the mean distance between the predicted centres and each
+    model's mean centre error in the targets' unit, pixels (regression)."""
+    diff = float(np.abs(reference - got).max())
+    if task == "regression":
+        dist = lambda a, b: float(np.linalg.norm(a - b, axis=1).mean())
+        return {"torch_centre_error_px": dist(reference, y),
+                "parity": {"max_abs_diff": diff, "centre_distance_px": dist(reference, got),
+                           "centre_error_px": dist(got, y)}}
+    return {"torch_accuracy": float((reference.argmax(1) == y).mean()),
+            "parity": {"max_abs_diff": diff, "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean()),
+                       "accuracy": float((got.argmax(1) == y).mean())}}
+
+
 def _channels_last(x: np.ndarray) -> np.ndarray:
     """hls4ml keeps tensors channels-last: (N, C, L) -> (N, L, C), (N, C, H, W) -> (N, H, W, C)."""
     return np.ascontiguousarray(np.moveaxis(x, 1, -1) if x.ndim > 2 else x, dtype=np.float32)
@@ -247,8 +271,11 @@ def export_hls(checkpoint: str | Path, out: str | Path, data: str, *, precision:
                 config = hls4ml.utils.config_from_pytorch_model(
                     net, tuple(ds.input_shape), granularity="name", default_precision=precision,
                     default_reuse_factor=reuse_factor, channels_last_conversion="internal")
-                for name, overrides in _layer_types(graph, net, types).items():
-                    config["LayerName"][name]["Precision"].update(overrides)
+                overrides, folded = _layer_types(graph, net, types)
+                for name, o in overrides.items():
+                    config["LayerName"][name]["Precision"].update(o)
+                notes += [f"{name}: weights at {precision}, not {types[name]['weight']}: hls4ml folds the next "
+                          "BatchNorm into them" for name in folded]
                 hls_model = hls4ml.converters.convert_from_pytorch_model(
                     net, output_dir=str(out), project_name=PROJECT, backend=BACKEND, io_type=io_type,
                     hls_config=config, **({"part": part} if part else {}))
@@ -278,9 +305,6 @@ def export_hls(checkpoint: str | Path, out: str | Path, data: str, *, precision:
             "backend": BACKEND, "project": PROJECT, "part": hls_model.config.get_config_value("Part"),
             "io_type": io_type, "reuse_factor": reuse_factor, "precision": precision, "transforms": kinds,
             "quantized_layers": types, "layers": layers, "examples": int(len(y)),
-            "torch_accuracy": float((reference.argmax(1) == y).mean()),
-            "parity": {"max_abs_diff": float(np.abs(reference - got).max()),
-                       "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean()),
-                       "accuracy": float((got.argmax(1) == y).mean())},
+            **_parity(reference, got, y, ds.task),
             "compile_seconds": compile_s, "estimates": None, "estimates_note": ESTIMATES_NOTE, "notes": notes,
             "files": sorted(str(p.relative_to(out)) for p in out.iterdir())}

@@ -3,17 +3,22 @@
 Commands live by group in :mod:`~compresslab.cli.models` (train, info, evaluate,
 compare), :mod:`~compresslab.cli.compress` (prune, quantize, export, distill, substitute,
 blockswap, prunability, lottery), :mod:`~compresslab.cli.study` (study, doctor) and
-:mod:`~compresslab.cli.store` (ls, show, pin, gc).
+:mod:`~compresslab.cli.store` (ls, show, pin, gc); one module each for report, fidelity,
+search, local-search, sensitivity and codesign.
 """
 
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
 from compresslab.cli import (  # noqa: F401
+    codesign,
     compress,
     fidelity,
+    local_search,
     models,  # noqa: F401, I001  (registers its commands first: --help lists them in order)
     report,
+    search,
+    sensitivity,
     store,
     study,
 )

@@ -42,6 +42,7 @@ def prune(
     method: str = typer.Option("global-l1", "--method", help="global-l1, layer-l1, random (the control), or channel (structured: whole channels, a physically smaller model)."),
     importance: str = typer.Option("magnitude", "--importance", help="With --method channel: magnitude or taylor."),
     global_channels: bool = typer.Option(False, "--global", help="With --method channel: rank channels across layers instead of the same ratio per layer."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="With --method channel: round each layer's kept channels to a multiple of N (at least N; faster kernels)."),
     scope: str = typer.Option("all", "--scope", help="all: weights and biases of conv, linear and norm layers; weights: conv/linear weights only."),
     finetune_epochs: int = typer.Option(1, "--finetune-epochs", help="Epochs of masked fine-tuning (0: none)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate (default: a tenth of the parent's)."),
@@ -60,6 +61,7 @@ def prune(
       compresslab prune runs/train-1a2b... --amount 0.8 --data mnist1d
       compresslab prune runs/train-1a2b... --auto safe --method global-l1 --data mnist1d --json
       compresslab prune runs/train-1a2b... --method channel --amount 0.5 --data mnist1d --json
+      compresslab prune runs/train-1a2b... --method channel --amount 0.5 --round-to 8 --data mnist1d
     """
     from compresslab.api import prune_checkpoint
     from compresslab.progress import RichProgress
@@ -71,7 +73,7 @@ def prune(
     target = tracker(track)
     with RichProgress(quiet=quiet) as progress:
         result = prune_checkpoint(checkpoint, data, amount=auto or amount, method=method, scope=scope,
-                                  importance=importance, global_channels=global_channels,
+                                  importance=importance, global_channels=global_channels, round_to=round_to,
                                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, runs=runs, progress=progress,
                                   device=device, deterministic=deterministic)
     emit(result, as_json, lambda r: typer.echo(r["checkpoint"]))
@@ -134,12 +136,17 @@ def quantize(
 
     def human(r):
         c, p, v = r["cost"], r["parent_cost"], r["vs_parent"]
-        rows = [("checkpoint", r["checkpoint"]),
-                ("test accuracy (parent → child)", f"{100 * v['accuracy_a']:.2f}% → {100 * v['accuracy_b']:.2f}%"),
-                ("agreement with the parent", f"{100 * v['agreement']:.2f}%"),
-                ("JS divergence (nats)", f"{v['js_divergence']:.5f}"),
-                ("weight bytes (parent → child)", f"{p['bytes']:,} → {c['bytes']:,}"),
-                ("BOPs (parent → child)", f"{short(p['bops'])} → {short(c['bops'])}")]
+        rows = [("checkpoint", r["checkpoint"])]
+        if "centre_error_px_a" in v:  # regression
+            rows += [("test centre error (parent → child)", f"{v['centre_error_px_a']:.4f} → {v['centre_error_px_b']:.4f} px"),
+                     ("centre distance to the parent", f"{v['centre_distance_px']:.4f} px"),
+                     ("output MSE to the parent", f"{v['mse']:.2e}")]
+        else:
+            rows += [("test accuracy (parent → child)", f"{100 * v['accuracy_a']:.2f}% → {100 * v['accuracy_b']:.2f}%"),
+                     ("agreement with the parent", f"{100 * v['agreement']:.2f}%"),
+                     ("JS divergence (nats)", f"{v['js_divergence']:.5f}")]
+        rows += [("weight bytes (parent → child)", f"{p['bytes']:,} → {c['bytes']:,}"),
+                 ("BOPs (parent → child)", f"{short(p['bops'])} → {short(c['bops'])}")]
         for k, ratio in r["speedup"].items():
             rows.append((f"latency {k} (parent → child)", f"{r['latency_ms']['parent'][k]:.3f} → "
                          f"{r['latency_ms']['child'][k]:.3f} ms ({ratio:.2f}x)"))
@@ -184,7 +191,9 @@ def export(
     With --hls4ml: an HLS project for FPGAs (hls4ml, Vitis backend, ready for synthesis,
     which is not run) and its C simulation compared with PyTorch on --parity-samples test
     examples. JSON keys: hls4ml, part, io_type, reuse_factor, precision, quantized_layers,
-    layers, parity {max_abs_diff, top1_agreement, accuracy}, torch_accuracy, compile_seconds.
+    layers, parity {max_abs_diff, top1_agreement, accuracy}, torch_accuracy, compile_seconds
+    (regression data: parity {max_abs_diff, centre_distance_px, centre_error_px},
+    torch_centre_error_px).
 
     \b
     Examples:
@@ -237,11 +246,16 @@ def _export_hls(checkpoint: Path, out: Path, data: str, *, quiet: bool, as_json:
                 ("precision", r["precision"] if not r["quantized_layers"] else "per layer, from the fake-quant bits")]
         rows += [(f"  {name} weights", t["weight"] + (f", input {t['input']}" if "input" in t else ""))
                  for name, t in r["quantized_layers"].items()]
-        rows += [("C simulation compile (g++)", f"{r['compile_seconds']:.1f} s"),
-                 ("checkpoint accuracy (PyTorch)", f"{100 * r['torch_accuracy']:.2f}% on {r['examples']} test examples"),
-                 ("C simulation vs PyTorch", f"max |Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
-                                             f"{100 * p['top1_agreement']:.2f}%, accuracy {100 * p['accuracy']:.2f}%"),
-                 ("resources, latency", r["estimates_note"])]
+        rows.append(("C simulation compile (g++)", f"{r['compile_seconds']:.1f} s"))
+        if "torch_centre_error_px" in r:  # regression
+            rows += [("checkpoint centre error (PyTorch)", f"{r['torch_centre_error_px']:.4f} px on {r['examples']} test examples"),
+                     ("C simulation vs PyTorch", f"max |Δ| {p['max_abs_diff']:.2e}, centres {p['centre_distance_px']:.4f} px "
+                                                 f"apart, centre error {p['centre_error_px']:.4f} px")]
+        else:
+            rows += [("checkpoint accuracy (PyTorch)", f"{100 * r['torch_accuracy']:.2f}% on {r['examples']} test examples"),
+                     ("C simulation vs PyTorch", f"max |Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
+                                                 f"{100 * p['top1_agreement']:.2f}%, accuracy {100 * p['accuracy']:.2f}%")]
+        rows.append(("resources, latency", r["estimates_note"]))
         rows += [("note", n) for n in r["notes"]]
         print_pairs(f"hls4ml export {checkpoint.name}", rows)
 

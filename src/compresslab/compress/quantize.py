@@ -80,17 +80,35 @@ def check_bits(bits: int, what: str = "bits") -> int:
     return bits
 
 
-def per_type(bits: int | dict | None, what: str) -> dict[str, int] | None:
+def per_type(bits: int | dict | None, what: str) -> dict | None:
     """``4`` -> ``{"conv": 4, "linear": 4}``; a dict may give either or both types
-    (missing types are left unquantised); None stays None."""
+    (missing types are left unquantised) and ``"layers": {module name: bits}``, a layer's
+    own width that overrides its type's (a mixed-precision assignment: only the layers
+    named, or of a type given, are quantised); None stays None. Without ``layers`` the
+    result is what it always was, so existing specs and step hashes do not move."""
     if bits is None:
         return None
     if isinstance(bits, dict):
-        unknown = set(bits) - set(LAYER_TYPES)
+        unknown = set(bits) - set(LAYER_TYPES) - {"layers"}
         if unknown:
-            raise UserError(f"{what}: unknown layer types {sorted(unknown)}; use {', '.join(LAYER_TYPES)}")
-        return {t: check_bits(b, f"{what}[{t}]") for t, b in bits.items()}
+            raise UserError(f"{what}: unknown layer types {sorted(unknown)}; use {', '.join(LAYER_TYPES)} "
+                            "or layers={name: bits}")
+        out = {t: check_bits(b, f"{what}[{t}]") for t, b in bits.items() if t != "layers"}
+        if "layers" in bits:
+            if not isinstance(bits["layers"], dict) or not bits["layers"]:
+                raise UserError(f"{what}: layers must map module names to bits, e.g. {{'net.0': 4}}")
+            out["layers"] = {str(n): check_bits(b, f"{what}[layers][{n}]") for n, b in bits["layers"].items()}
+        return out
     return {t: check_bits(bits, what) for t in LAYER_TYPES}
+
+
+def bits_for(bits: dict | None, name: str, module: nn.Module) -> int | None:
+    """The width that a :func:`per_type` dict gives layer ``name``: its own, else its type's,
+    else None (not quantised)."""
+    if not bits:
+        return None
+    own = bits.get("layers", {})
+    return own[name] if name in own else bits.get(layer_type(module))
 
 
 # -- the integer grid ------------------------------------------------------------------------
@@ -226,24 +244,31 @@ def attach_fake_quant(model: nn.Module, weight_bits: int | dict, *, act_bits: in
                       per_channel: bool = True, symmetric: bool = True, observer: str = "minmax",
                       percentile: float = 99.99, act_ranges: dict[str, list[float]] | None = None) -> nn.Module:
     """Fake-quantise ``model`` in place: every Conv1d/Conv2d/Linear of a type in
-    ``weight_bits`` gets its weight parametrized (:class:`WeightFakeQuant`), and with
+    ``weight_bits``, or named in its ``layers`` (:func:`per_type`), gets its weight parametrized (:class:`WeightFakeQuant`), and with
     ``act_bits`` its input quantised by an :class:`ActFakeQuant` (asymmetric) held as
     ``input_quant``. Module names and feature points are unchanged. ``act_ranges``
     (``{layer: [lo, hi]}``) restores calibrated ranges; otherwise call :func:`calibrate`.
     Undo with :func:`strip_fake_quant`."""
     wbits, abits = per_type(weight_bits, "weight bits"), per_type(act_bits, "activation bits")
-    layers = [(n, m) for n, m in model.named_modules() if layer_type(m) in (wbits or {})]
+    found = {n: m for n, m in model.named_modules() if layer_type(m)}
+    for spec, what in ((wbits, "weight bits"), (abits, "activation bits")):
+        unknown = sorted(set((spec or {}).get("layers", {})) - set(found))
+        if unknown:
+            raise UserError(f"{what} name layers {unknown} that are not conv/linear layers of the model; "
+                            f"its layers are {sorted(found)}")
+    layers = [(n, m) for n, m in found.items() if bits_for(wbits, n, m)]
     if not layers:
-        raise UserError(f"the model has no {' or '.join(wbits or LAYER_TYPES)} layers to quantise")
+        raise UserError(f"the model has no {' or '.join(t for t in wbits or LAYER_TYPES if t != 'layers')} "
+                        "layers to quantise")
     if act_ranges is not None and abits:
-        missing = {n for n, m in layers if layer_type(m) in abits} - set(act_ranges)
+        missing = {n for n, m in layers if bits_for(abits, n, m)} - set(act_ranges)
         if missing:
             raise UserError(f"activation ranges are missing for {sorted(missing)}; re-create the quantised checkpoint")
     for name, m in layers:
-        t = layer_type(m)
-        parametrize.register_parametrization(m, "weight", WeightFakeQuant(wbits[t], symmetric, per_channel))
-        if abits and t in abits:
-            m.input_quant = ActFakeQuant(abits[t], observer, percentile).to(m.weight.device)
+        parametrize.register_parametrization(m, "weight", WeightFakeQuant(bits_for(wbits, name, m), symmetric,
+                                                                          per_channel))
+        if bits_for(abits, name, m):
+            m.input_quant = ActFakeQuant(bits_for(abits, name, m), observer, percentile).to(m.weight.device)
             if act_ranges is not None:
                 m.input_quant.lo.fill_(act_ranges[name][0])
                 m.input_quant.hi.fill_(act_ranges[name][1])
@@ -429,6 +454,6 @@ def quantized_layer_bits(model: nn.Module, transforms: list[dict]) -> dict[str, 
                 bits[name] = (8, 8)
             elif t["kind"] == "quantize-static":
                 bits[name] = (8, 8)
-            elif t["kind"] == "fake-quant" and kind in t["weight_bits"]:
-                bits[name] = (t["weight_bits"][kind], (t["act_bits"] or {}).get(kind, 32))
+            elif t["kind"] == "fake-quant" and bits_for(t["weight_bits"], name, m):
+                bits[name] = (bits_for(t["weight_bits"], name, m), bits_for(t["act_bits"], name, m) or 32)
     return bits

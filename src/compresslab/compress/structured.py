@@ -63,7 +63,10 @@ def structured_prune(
       cross-entropy gradients, computed in eval mode).
     - ``ignore_output``: protect the module producing the logits, so the
       number of outputs is unchanged.
-    - ``round_to``: keep channel counts multiples of this.
+    - ``round_to``: round each pruned layer's kept channel count to the nearest
+      multiple of this (unrounded widths run slower, Torch-Pruning#38), never
+      below one multiple and never above the layer's width; a layer narrower
+      than ``round_to`` is left whole.
 
     BatchNorm running statistics and training flags are left as they were;
     gradients are cleared. Returns a report with ``params_before/after``,
@@ -96,7 +99,7 @@ def structured_prune(
             protected[_module_names(model)[_output_layer(model, example)]] = "produces the logits"
         protected.update(_unsafe_layers(model, example, protected))
         named = dict(model.named_modules())
-        pruner = tp.pruner.BasePruner(
+        pruner = _RoundingPruner(
             model,
             example,
             importance=_importance(importance),
@@ -132,6 +135,23 @@ def structured_prune(
         "protected": protected,
         "structure": structure_of(model) if hasattr(model, "compresslab_config") else None,
     }
+
+
+def kept_channels(current: int, kept: int, round_to: int) -> int:
+    """``kept`` rounded to the nearest multiple of ``round_to`` in ``[round_to, current]``;
+    ``current`` itself when the layer is narrower than ``round_to``."""
+    if current < round_to:
+        return current
+    nearest = round_to * max(1, int(kept / round_to + 0.5))
+    return min(nearest, round_to * (current // round_to))
+
+
+class _RoundingPruner(tp.pruner.BasePruner):
+    """Torch-Pruning's pruner with :func:`kept_channels` rounding (its own rounds down, to
+    zero channels when fewer than ``round_to`` would remain)."""
+
+    def _round_to(self, n_pruned, current_channels, round_to):
+        return current_channels - kept_channels(current_channels, current_channels - n_pruned, round_to)
 
 
 def _importance(name: str) -> tp.importance.Importance:

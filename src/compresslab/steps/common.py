@@ -7,6 +7,7 @@ per split, and ``metrics.json`` (accuracy per split, or on regression data
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ from compresslab.errors import UserError
 from compresslab.measure import cost_report
 from compresslab.measure.function import mean_distance
 from compresslab.models import create_model
-from compresslab.runs.checkpoint import load_checkpoint, save_checkpoint
-from compresslab.runs.store import Step, write_json
-from compresslab.train import evaluate_logits
+from compresslab.runs.checkpoint import load_checkpoint, read_model_json, save_checkpoint
+from compresslab.runs.store import Step, read_json, write_json
+from compresslab.train import Recipe, evaluate_logits
 from compresslab.train.fit import auto_stream
 
 EVAL_SPLITS = ("val", "test")
@@ -138,6 +139,26 @@ def finish_model(out: Path, model: torch.nn.Module, data: Dataset, *, transforms
     metrics["runtime"] = devices.record(devices.model_device(model), precision)
     metrics.update(extra or {})
     write_json(out / "metrics.json", metrics)
+
+
+def checkpoint_step(checkpoint: Path) -> Step:
+    """A checkpoint on disk as a parent step: named by the SHA-256 of its model.json +
+    model.safetensors (what a child step depends on)."""
+    read_model_json(checkpoint)  # a clear error for a missing or foreign directory
+    h = hashlib.sha256()
+    for name in ("model.json", "model.safetensors"):
+        path = Path(checkpoint) / name
+        if not path.is_file():
+            raise UserError(f"{path}: file not found; the checkpoint is incomplete")
+        h.update(path.read_bytes())
+    return Step("checkpoint", {"sha256": h.hexdigest()}, label=str(checkpoint))
+
+
+def parent_recipe(checkpoint: Path) -> Recipe:
+    """The recipe compresslab trained ``checkpoint`` with (from the store's spec.json), else the default."""
+    spec_file = Path(checkpoint) / "spec.json"
+    base = read_json(spec_file)["spec"].get("recipe") if spec_file.is_file() else None
+    return Recipe(**base) if base else Recipe()
 
 
 def history(result) -> dict:

@@ -39,7 +39,8 @@ def check_prune(step: Step, parents: dict) -> None:
         from compresslab.compress.structured import structured_prune
 
         structured_prune(model, data.input_shape, amount=s["amount"], importance=s["importance"],
-                         global_pruning=s["global_channels"], data=_taylor_batch(s, data, 2))  # a dry run
+                         global_pruning=s["global_channels"], data=_taylor_batch(s, data, 2),
+                         round_to=s.get("round_to"))  # a dry run
     elif s.get("method", "global-l1") not in METHODS:
         raise UserError(f"pruning method {s['method']!r}: use one of {', '.join((*METHODS, 'channel'))}")
     elif not prunable_parameters(model, scope=s["scope"]):
@@ -76,7 +77,8 @@ def _run_channel_prune(s: dict, model, data: Dataset, out: Path, callback) -> No
     from compresslab.compress.structured import structured_prune
 
     report = structured_prune(model, data.input_shape, amount=s["amount"], importance=s["importance"],
-                              global_pruning=s["global_channels"], data=_taylor_batch(s, data))
+                              global_pruning=s["global_channels"], data=_taylor_batch(s, data),
+                              round_to=s.get("round_to"))
     recipe = Recipe(**s["recipe"])
     result = fit(model, data, recipe, seed=s["seed"], callback=callback)
     keep = ("params_before", "params_after", "macs_before", "macs_after", "mac_ratio", "param_ratio", "protected")

@@ -85,13 +85,19 @@ def distill_spec(data: dict, student: dict, recipe: Recipe | dict, seed: int, *,
 
 
 def prune_spec(data: dict, amount: float | str, recipe: Recipe | dict, seed: int, *, method: str = "global-l1",
-               scope: str = "all", importance: str = "magnitude", global_channels: bool = False) -> dict:
+               scope: str = "all", importance: str = "magnitude", global_channels: bool = False,
+               round_to: int | None = None) -> dict:
     """Prune the ``parent`` step, then fine-tune with ``recipe`` (see :func:`finetune_recipe`).
-    ``importance`` and ``global_channels`` belong to ``method: channel`` only."""
+    ``importance``, ``global_channels`` and ``round_to`` (kept channel counts rounded to its
+    multiples; written only when given) belong to ``method: channel`` only."""
     spec = {"data": data, "amount": amount, "method": method, "scope": scope, "recipe": _recipe(recipe),
             "seed": seed}
     if method == "channel":
         spec.update(importance=importance, global_channels=global_channels)
+        if round_to is not None:
+            spec["round_to"] = round_to
+    elif round_to is not None:
+        raise UserError("--round-to rounds kept channel counts: it needs --method channel")
     return spec
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from compresslab.console import console, echo, short, table
 from compresslab.errors import UserError
 from compresslab.measure import compare_logits, cost_report, latency
+from compresslab.measure.pareto import pareto_front
 from compresslab.report.moonshine import write_moonshine_report
 from compresslab.runs.store import RunStore, Step, read_json
 from compresslab.steps import data_of
@@ -119,17 +120,6 @@ def expand_moonshine(spec: MoonshineSpec) -> list[Entry]:
                             parents={"teacher": teacher}, label=name)
             entries.append(Entry(name, "child", step.kind, step, {"block": block, "mode": mode}))
     return entries
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated in (params, error), both minimised, by params."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], float("inf")
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def collect(spec: MoonshineSpec, entries: list[Entry], store: RunStore, progress=None) -> dict:
