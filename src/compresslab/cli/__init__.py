@@ -7,20 +7,20 @@ blockswap, prunability, lottery), :mod:`~compresslab.cli.study` (study, doctor) 
 search, local-search, sensitivity and codesign.
 """
 
-import typer
+import typer  # noqa: I001  (the command modules below are imported in --help order)
 from typer.exceptions import Abort, Exit, TyperException
 
-from compresslab.cli import (  # noqa: F401
-    codesign,
+from compresslab.cli import (  # noqa: F401  (in the order `compresslab --help` lists their commands)
+    models,
     compress,
     fidelity,
-    local_search,
-    models,  # noqa: F401, I001  (registers its commands first: --help lists them in order)
-    report,
-    search,
     sensitivity,
-    store,
+    search,
+    local_search,
+    codesign,
     study,
+    report,
+    store,
 )
 from compresslab.cli.common import app
 from compresslab.errors import UserError
