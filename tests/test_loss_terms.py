@@ -135,7 +135,7 @@ def test_user_term_reads_the_teacher_through_distill(cache):
 
 def test_unknown_term_lists_the_registered_ones():
     register_term("mine", lambda signal, **_: _logit_l2)
-    message = "loss: unknown term 'nope'; available terms: at, ce, hint, kd, matryoshka, mine, mse, triplet"
+    message = "loss: unknown term 'nope'; available terms: at, ce, hint, kd, matryoshka, mine, mse, soft-tree, triplet"
     for call in (lambda: get_term_factory("nope"), lambda: compose_loss({"ce": 1.0, "nope": 1.0}),
                  lambda: fit(_cnn(8), _data(), Recipe(epochs=1), loss={"nope": 1.0}),
                  lambda: validate_distill(_cnn(16), _cnn(8), _data(), loss={"kd": 1.0, "nope": 1.0}),

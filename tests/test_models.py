@@ -43,6 +43,7 @@ NATURAL_SHAPES = {
     "wrn1d-": (1, 40),
     "braggnn": (1, 11, 11),
     "searched": (1, 40),
+    "soft-tree": (1, 8, 8),
 }
 
 

@@ -163,11 +163,12 @@ def export(
     checkpoint: Path = typer.Argument(..., help="Any checkpoint directory: trained, pruned, substituted or quantised."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Output file (.onnx); this or --hls4ml."),
     hls4ml: Optional[Path] = typer.Option(None, "--hls4ml", help="Write an hls4ml (Vitis HLS) project into this new directory and check it by C simulation (needs compresslab[hls] and g++)."),
+    tree_json: Optional[Path] = typer.Option(None, "--tree-json", help="A soft-tree checkpoint as JSON (docs/soft-tree.md), checked against PyTorch by its pure-Python interpreter on --parity-samples test examples."),
     precision: str = typer.Option("ap_fixed<16,6>", "--precision", help="--hls4ml: fixed-point type ap_fixed<W,I> of a float checkpoint (fake-quant layers get types from their bit widths)."),
     reuse_factor: int = typer.Option(1, "--reuse-factor", help="--hls4ml: multiplications sharing one multiplier (1: fully parallel, lowest latency)."),
     io_type: str = typer.Option("io_parallel", "--io-type", help="--hls4ml: io_parallel (whole tensors in registers) or io_stream (FIFOs)."),
     part: Optional[str] = typer.Option(None, "--part", help="--hls4ml: FPGA part, e.g. xcu250-figd2104-2L-e (default: hls4ml's Vitis default)."),
-    parity_samples: int = typer.Option(500, "--parity-samples", help="--hls4ml: test examples run through the C simulation."),
+    parity_samples: int = typer.Option(500, "--parity-samples", help="--hls4ml, --tree-json: test examples run through the C simulation or the JSON interpreter."),
     quiet: Quiet = False,
     data: data_option("Dataset for the parity check (test split) and int8 calibration.") = ...,
     int8: bool = typer.Option(False, "--int8", help="Write ONNX Runtime's int8 graph instead of the fp32 one."),
@@ -200,11 +201,17 @@ def export(
       compresslab export runs/prune-3c4d... --onnx model.onnx --data mnist1d
       compresslab export runs/train-1a2b... --onnx model-int8.onnx --int8 --data mnist1d --json
       compresslab export runs/quantize-5e6f... --hls4ml hls/ --data digits --reuse-factor 4   # see docs/codesign.md
+      compresslab export runs/train-7a8b... --tree-json tree.json --data digits   # soft-tree; see docs/soft-tree.md
+
+    With --tree-json: JSON keys tree_json, depth, leaves, examples, parity {top1_agreement,
+    max_abs_diff (max-path leaf probabilities, interpreter vs PyTorch)}, torch_accuracy.
     """
     from compresslab.export import export_checkpoint
 
-    if (onnx is None) == (hls4ml is None):
-        raise UserError("give exactly one of --onnx FILE or --hls4ml DIR")
+    if sum(o is not None for o in (onnx, hls4ml, tree_json)) != 1:
+        raise UserError("give exactly one of --onnx FILE, --hls4ml DIR or --tree-json FILE")
+    if tree_json is not None:
+        return _export_tree(checkpoint, tree_json, data, parity_samples=parity_samples, seed=seed, as_json=as_json)
     if hls4ml is not None:
         return _export_hls(checkpoint, hls4ml, data, precision=precision, reuse_factor=reuse_factor, io_type=io_type,
                            part=part, parity_samples=parity_samples, seed=seed, quiet=quiet, as_json=as_json)
@@ -227,6 +234,45 @@ def export(
 
         if "fidelity" in r:
             print_fidelity(r["fidelity"], f"fidelity of the ONNX graphs to {checkpoint.name} on {data} test", show=5)
+
+    emit(result, as_json, human)
+
+
+def _export_tree(checkpoint: Path, out: Path, data: str, *, parity_samples: int, seed: int, as_json: bool) -> None:
+    """`export --tree-json`: the soft tree as JSON, its pure-Python interpreter checked against PyTorch."""
+    import torch
+
+    from compresslab.data import load_dataset
+    from compresslab.models.soft_tree import SoftTree, predict_json, tree_to_json
+    from compresslab.runs.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    if not isinstance(model, SoftTree):
+        raise UserError(f"--tree-json needs a soft-tree checkpoint; {checkpoint} holds {type(model).__name__}")
+    if parity_samples < 1:
+        raise UserError(f"--parity-samples must be >= 1, got {parity_samples}")
+    if not out.parent.is_dir():
+        raise UserError(f"--tree-json {out}: no directory {out.parent}; create it first")
+    ds = load_dataset(data, seed=seed)
+    x, y = ds.x_test[:parity_samples].float(), ds.y_test[:parity_samples]
+    tree = tree_to_json(model.eval().cpu())
+    with torch.no_grad():
+        ref = model(x).double().exp()
+    got = torch.tensor([predict_json(tree, row.flatten().tolist(), tree["predict"] == "mixture") for row in x], dtype=torch.float64)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(tree))
+    tmp.replace(out)
+    result = {"tree_json": str(out), "depth": tree["depth"], "leaves": len(tree["leaves"]), "examples": len(x),
+              "parity": {"top1_agreement": float((got.argmax(1) == ref.argmax(1)).double().mean()),
+                         "max_abs_diff": float((got - ref).abs().max())},
+              "torch_accuracy": float((ref.argmax(1) == y).double().mean())}
+
+    def human(r):
+        print_pairs(f"soft-tree export {checkpoint.name}", [
+            ("wrote", f"{r['tree_json']} (depth {r['depth']}, {r['leaves']} leaves)"),
+            ("checkpoint accuracy (PyTorch, max-path)", f"{100 * r['torch_accuracy']:.2f}% on {r['examples']} test examples"),
+            ("JSON interpreter vs PyTorch", f"top-1 agreement {100 * r['parity']['top1_agreement']:.2f}%, "
+                                            f"max |Δ prob| {r['parity']['max_abs_diff']:.2e}")])
 
     emit(result, as_json, human)
 

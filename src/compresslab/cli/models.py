@@ -32,7 +32,7 @@ from compresslab.errors import UserError
 
 @app.command()
 def train(
-    model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, gru, transformer1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, braggnn, or package.module:factory."),
+    model: str = typer.Option(..., "--model", "-m", help="mlp, cnn1d, gru, transformer1d, lenet5, resnet20|32|44|56|110, wrn-D-K, wrn1d-D-K, braggnn, soft-tree (-o depth=8), or package.module:factory."),
     data: data_option("mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR, npz:FILE, or bragg:synthetic (regression: MSE loss, mean centre error in px).") = ...,
     option: List[str] = typer.Option([], "--option", "-o", help="Model option KEY=VALUE, repeatable (e.g. width=64)."),
     recipe: RecipeFile = None,

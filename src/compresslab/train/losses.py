@@ -195,6 +195,36 @@ def _matryoshka(signal: Any, **_: Any) -> Matryoshka:
     return Matryoshka()
 
 
+class SoftTreeLoss:
+    """The ``soft-tree`` term (Frosst & Hinton 2017, model ``soft-tree``): the path-weighted
+    cross-entropy of the leaves against the targets plus the tree's balance penalty, both
+    computed by the model (``ctx.model.leaf_loss(x, T) + ctx.model.balance_penalty(x)``, see
+    :mod:`compresslab.models.soft_tree`). Targets: one-hot labels, or under ``distill`` the
+    teacher's softmax at ``temperature``."""
+
+    feature_points: list[str] = []
+
+    def __init__(self, signal: Any = None, temperature: float = 4.0):
+        self.signal, self.temperature = signal, temperature
+        if signal is not None:
+            signal.want_logits()
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        model = getattr(ctx.model, "module", ctx.model)  # under DistributedDataParallel
+        if not hasattr(model, "balance_penalty"):
+            raise UserError("loss: the soft-tree term needs the soft-tree model (--model soft-tree)")
+        if self.signal is not None:
+            targets = self.signal.log_probs(ctx, self.temperature).exp()
+        else:
+            targets = F.one_hot(ctx.y, ctx.logits.shape[1]).float()
+        return model.leaf_loss(ctx.x, targets) + model.balance_penalty(ctx.x)
+
+
+@register_term("soft-tree")
+def _soft_tree(signal: Any, *, temperature: float = 4.0, **_: Any) -> SoftTreeLoss:
+    return SoftTreeLoss(signal, temperature)
+
+
 class Loss:
     """``loss(ctx) -> (total, {name: detached value})`` with ``total = Σ weight·term(ctx)``."""
 
