@@ -158,7 +158,7 @@ def main() -> None:
             fastest_fp32 = min(("torch fp32", "ORT fp32"), key=lambda k: times[k][key])
             print(f"batch {b}: best int8 path {best}: {times['torch fp32'][key] / times[best][key]:.2f}x vs torch fp32, "
                   f"{times[fastest_fp32][key] / times[best][key]:.2f}x vs the fastest fp32 ({fastest_fp32})")
-        print(f"auto backend for ptq-dynamic and ptq-static: {int8_backend(model)}\n")
+        print(f"auto backend for ptq-dynamic and ptq-static: {int8_backend()}\n")
 
 
 if __name__ == "__main__":

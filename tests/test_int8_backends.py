@@ -118,14 +118,13 @@ def test_ort_dynamic_quantises_only_linear_layers():
 
 
 def test_auto_picks_torch_ao_only_while_torch_has_it(monkeypatch):
-    for model in (mlp(), cnn()):
-        assert q.int8_backend(model) == (q.TORCH_AO if torch_ao.available() else q.ORT)
-        assert q.int8_backend(model, q.ORT) == q.ORT
+    assert q.int8_backend() == (q.TORCH_AO if torch_ao.available() else q.ORT)
+    assert q.int8_backend(q.ORT) == q.ORT
     monkeypatch.setattr(torch_ao, "available", lambda: False)
-    assert q.int8_backend(mlp()) == q.ORT and q.int8_backend(cnn()) == q.ORT
+    assert q.int8_backend() == q.ORT
     assert q.dynamic_int8_transform(cnn())["backend"] == q.ORT
     with pytest.raises(UserError, match="use one of"):
-        q.int8_backend(cnn(), "tflite")
+        q.int8_backend("tflite")
 
 
 def test_a_bare_module_without_input_shape_is_a_user_error():
@@ -228,7 +227,7 @@ def test_cli_backend_ort_runs_onnxruntime_while_torch_ao_exists(capsys, parent, 
 def test_auto_falls_back_to_the_other_backend():
     torch.manual_seed(0)
     model, batches = Branchy().eval(), [torch.randn(256, 1, 40)]
-    assert q.int8_backend(model) == q.TORCH_AO
+    assert q.int8_backend() == q.TORCH_AO
     with pytest.raises(UserError, match="FX-traceable"):
         q.calibrate_static_int8(model, batches, q.TORCH_AO)
     t = q.calibrate_static_int8(model, batches)

@@ -8,9 +8,9 @@ A pipeline spec (YAML; the preset ``codesign-bragg`` is the seed papers' task)::
     name: codesign-bragg
     data: bragg:synthetic
     recipe: {optimizer: adam, lr: 0.003, weight_decay: 0, batch_size: 256}
-    baseline: {model: braggnn, epochs: 3}          # hand-designed reference, same recipe
-    search: {space: codesign-bragg-space, trials: 12, epochs: 3, batch: 6, halving: 1}
-    local: {top_k: 2, bits: [8, 4], prune_rounds: 2, prune_amount: 0.3, qat_epochs: 1, finetune_epochs: 1}
+    baseline: {model: braggnn, epochs: 10}         # hand-designed reference, same recipe
+    search: {space: codesign-bragg-hls-space, trials: 24, epochs: 6, batch: 8, halving: 1}
+    local: {top_k: 2, bits: [8, 6, 4], prune_rounds: 2, prune_amount: 0.3, qat_epochs: 2, finetune_epochs: 1}
     hls4ml: {precision: "ap_fixed<16,6>", parity_samples: 200}
     pseudo_voigt: {patches: 200}                    # bragg:synthetic only
 
@@ -118,7 +118,9 @@ def load_spec(path: str | Path | None = None, preset: str | None = None, **overr
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{path.name}: `{p}` must be a mapping to override {key}")
         node[leaf] = value
     try:
         return CodesignSpec(**raw)

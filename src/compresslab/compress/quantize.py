@@ -351,8 +351,8 @@ def apply_fake_quant_transform(model: nn.Module, t: dict) -> nn.Module:
 # -- real int8: ONNX Runtime or torch.ao --------------------------------------------------------
 
 
-def int8_backend(model: nn.Module, backend: str = "auto") -> str:
-    """The backend that runs ``model``'s int8 first: ``auto`` is :data:`TORCH_AO` while torch
+def int8_backend(backend: str = "auto") -> str:
+    """The backend that runs int8 first: ``auto`` is :data:`TORCH_AO` while torch
     has it (measured fastest at batch 256, and its modules keep feature points for CKA), else
     :data:`ORT` (see :func:`_with_fallback` for a model the first one cannot take)."""
     if backend not in BACKENDS:
@@ -362,11 +362,11 @@ def int8_backend(model: nn.Module, backend: str = "auto") -> str:
     return backend
 
 
-def _with_fallback(model: nn.Module, backend: str, build):
+def _with_fallback(backend: str, build):
     """``build(backend)`` for the backend :func:`int8_backend` picks; with ``auto``, when that
     one cannot take the model (a UserError: FX cannot trace it, ONNX cannot export it), the
     other backend if there is one. Both failing raises the first error."""
-    chosen = int8_backend(model, backend)
+    chosen = int8_backend(backend)
     try:
         return build(chosen)
     except UserError as first:
@@ -399,7 +399,7 @@ def dynamic_int8_transform(model: nn.Module, backend: str = "auto") -> dict:
             ort.int8_graph(model, shape, "dynamic", op_types=ort.LINEAR_OPS)  # does it export?
         return {**DYNAMIC_INT8, "backend": ORT, "input_shape": list(shape)}
 
-    return _with_fallback(model, backend, build)
+    return _with_fallback(backend, build)
 
 
 def quantize_dynamic_int8(model: nn.Module, transform: dict = DYNAMIC_INT8) -> nn.Module:
@@ -429,7 +429,7 @@ def calibrate_static_int8(model: nn.Module, batches: list[torch.Tensor], backend
         return {"kind": "quantize-static", "backend": ORT, "input_shape": list(shape),
                 "act_ranges": ort.onnx_ranges(model, shape, batches)}
 
-    return _with_fallback(model, backend, build)
+    return _with_fallback(backend, build)
 
 
 def apply_static_int8(model: nn.Module, t: dict, example: torch.Tensor) -> nn.Module:

@@ -117,7 +117,7 @@ def quantize_spec(data: dict, scheme: str, *, bits: int | dict = 8, act_bits: in
         if set(wbits.values()) != {8} or (abits and set(abits.values()) != {8}):
             raise UserError(f"{scheme} runs real int8 kernels, so bits must be 8; use --scheme fake or qat "
                             "for other widths")
-        q.int8_backend(None, backend)  # a known name?
+        q.int8_backend(backend)  # a known name?
         pinned = {} if backend == "auto" else {"backend": backend}
         if scheme == "ptq-dynamic":
             return {"data": data, "scheme": scheme, **pinned}
