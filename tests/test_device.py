@@ -115,7 +115,7 @@ def test_windowed_nan_check_names_the_first_bad_step():
 
 def test_a_collapsed_run_stops_with_one_line():
     data = _data(constant=True)  # every input the same: the model can only guess one class
-    recipe = Recipe(epochs=5, batch_size=32, lr=1e-9, optimizer="sgd", weight_decay=0)
+    recipe = Recipe(epochs=5, batch_size=8, lr=1e-9, optimizer="sgd", weight_decay=0)  # 36 steps by epoch 3
     with pytest.raises(UserError) as err:
         fit(_net(), data, recipe)
     msg = str(err.value)
@@ -123,6 +123,14 @@ def test_a_collapsed_run_stops_with_one_line():
     assert "\n" not in msg
     assert len(fit(_net(), data, recipe, health=False).history) == 5
     assert len(fit(_net(), _data(), Recipe(epochs=5, batch_size=32)).history) == 5  # a healthy run goes on
+
+
+def test_the_collapse_check_waits_for_enough_steps():
+    data = _data(constant=True)
+    one_batch = Recipe(epochs=10, batch_size=len(data.y_train), lr=1e-9, optimizer="sgd", weight_decay=0)
+    assert len(fit(_net(), data, one_batch).history) == 10  # 10 steps: too few to judge (a distilled set)
+    with pytest.raises(UserError, match=r"after 30 epochs"):  # judged once HEALTH_STEPS steps have run
+        fit(_net(), data, one_batch.model_copy(update={"epochs": 40}))
 
 
 def test_out_of_memory_names_the_batch_size():

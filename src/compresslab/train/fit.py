@@ -61,9 +61,12 @@ CHECK_EVERY = 50
 #: ``fit(stream=None)`` streams the training split from host memory when it would take more
 #: than this fraction of the device's free memory (:func:`should_stream`).
 STREAM_FRACTION = 0.5
-#: A run whose train accuracy is still at chance after this many epochs, with a flat
-#: loss, has collapsed (see :func:`_collapsed`).
+#: A run whose train accuracy is still at chance after this many epochs, and at least
+#: :data:`HEALTH_STEPS` optimizer steps, with a flat loss, has collapsed (see :func:`_collapsed`).
+#: The step floor keeps tiny training sets (a distilled set is one batch an epoch) from being
+#: judged after three steps.
 HEALTH_EPOCHS = 3
+HEALTH_STEPS = 30
 
 
 def should_stream(nbytes: int, free_bytes: int | None) -> bool:
@@ -114,15 +117,16 @@ def _nan_message(value: float, epoch: int, step: int, global_step: int) -> str:
 
 
 def _collapsed(history: list[dict[str, float]], num_classes: int) -> str | None:
-    """A one-line reason when training has silently collapsed: after :data:`HEALTH_EPOCHS`
-    epochs the train accuracy is within 10% of chance and the loss moved by under 1%."""
-    if len(history) != HEALTH_EPOCHS or num_classes < 2:
+    """A one-line reason when training has silently collapsed: after ``len(history)`` epochs
+    (the caller judges once) the train accuracy is within 10% of chance and the loss moved by
+    under 1%."""
+    if num_classes < 2:
         return None
     first, last = history[0]["loss"], history[-1]["loss"]
     chance = 1.0 / num_classes
     if history[-1]["acc"] <= 1.1 * chance and abs(last - first) <= 0.01 * abs(first):
         return (f"training collapsed: train accuracy {100 * history[-1]['acc']:.1f}% is at chance "
-                f"({100 * chance:.1f}%) after {HEALTH_EPOCHS} epochs with a flat loss ({first:.4f} -> {last:.4f}); "
+                f"({100 * chance:.1f}%) after {len(history)} epochs with a flat loss ({first:.4f} -> {last:.4f}); "
                 "lower the learning rate, change the optimizer, or check the labels")
     return None
 
@@ -289,6 +293,7 @@ def fit(
                   "total_steps": total_steps})
 
     history: list[dict[str, float]] = []
+    judged = False  # the collapse check runs once
     global_step = 0
     was_training = model.training
     t_fit = time.perf_counter()
@@ -407,7 +412,9 @@ def fit(
                     callback({"event": "epoch", **record, **_event_score(correct, seen, regression)})
                 if global_step >= total_steps:
                     break
-                if health and recipe.epochs > HEALTH_EPOCHS and not regression:
+                if (health and not judged and recipe.epochs > len(history) >= HEALTH_EPOCHS
+                        and global_step >= HEALTH_STEPS and not regression):
+                    judged = True
                     reason = _collapsed(history, data.num_classes)
                     if reason:
                         raise UserError(reason)
