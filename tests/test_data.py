@@ -108,10 +108,10 @@ def make_npz(path, x_train, y_train, x_test, y_test, **extra):
 def test_registry_and_names():
     assert list_datasets() == [
         "mnist1d", "digits", "mnist:DIR", "cifar10:DIR", "cifar100:DIR", "npz:FILE", "identities:synthetic",
-        "market1501:DIR", "bragg:synthetic",
+        "market1501:DIR", "bragg:synthetic", "distilled:DIR",
     ]
     assert set(DATASETS) == {"mnist1d", "digits", "mnist", "cifar10", "cifar100", "npz", "identities", "market1501",
-                             "bragg"}
+                             "bragg", "distilled"}
     assert SPLITS == ("train", "val", "test")
 
 

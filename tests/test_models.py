@@ -44,6 +44,7 @@ NATURAL_SHAPES = {
     "braggnn": (1, 11, 11),
     "searched": (1, 40),
     "soft-tree": (1, 8, 8),
+    "convnet": (1, 28, 28),
 }
 
 

@@ -463,3 +463,184 @@ def quantize_checkpoint(checkpoint: Path, data: str, *, scheme: str = "fake", bi
             "vs_parent": compare(parent_logits, checkpoint_logits(out, ds, "test"), labels=y, task=ds.task),
             "latency_ms": lat, "speedup": {k: lat["parent"][k] / lat["child"][k] for k in lat["parent"]},
             "simulated": scheme in ("fake", "qat"), "train_seconds": m.get("train_seconds")}
+
+
+@on_device
+def distill_data(data: str, *, ipc: int, method: str = "dm", init: str | None = None, iterations: int | None = None,
+                 model: str = "convnet", options: dict | None = None, lr_img: float | None = None,
+                 batch_real: int | None = None, dsa: bool = False, herding_epochs: int | None = None,
+                 seed: int = 0, val_fraction: float = 0.1, runs: str | Path = "runs", progress=None) -> dict:
+    """Distil ``ipc`` images per class of ``data`` (``dm``, ``dc``) or select them (``random``,
+    ``herding``) as a ``distill-data`` step; returns its directory and the dataset name
+    ``distilled:<dir>`` that every ``--data`` accepts."""
+    from compresslab.steps.specs import distill_data_spec
+
+    if iterations is not None and iterations < 1:
+        raise UserError(f"--iterations {iterations}: must be at least 1")
+    spec = distill_data_spec(data_spec(data, val_fraction, seed), method=method, ipc=ipc, seed=seed,
+                             model=model_spec(model, options), init=init, iterations=iterations, lr_img=lr_img,
+                             batch_real=batch_real, dsa=dsa or None, herding_epochs=herding_epochs)
+    if spec.get("init", "real") not in ("real", "noise"):
+        raise UserError(f"--init {spec['init']!r}: use real or noise")
+    step = Step("distill-data", spec, label=f"distill-data {method} ipc {ipc}")
+    out, ran = _run(step, {}, runs, progress, f"distill-data {method} ipc={ipc}")
+    info = read_json(out / "distilled.json")
+    return {"directory": str(out), "data": f"distilled:{out.resolve()}", "reused": not ran, "method": method, "ipc": ipc,
+            "examples": ipc * info["num_classes"], "seconds": info["seconds"],
+            "train_points_seen": info["train_points_seen"], "final_loss": info.get("final_loss")}
+
+
+def _landscape_plot(result: dict, path: Path) -> Path:
+    """The loss landscape of :func:`landscape_checkpoint` as SVG (report layer) or PNG
+    (matplotlib), written atomically."""
+    import os
+
+    land, name = result["landscape"], Path(result["checkpoint"]).name
+    title = f"loss around {name} ({land['split']}, filter-normalised)"
+    if path.suffix.lower() == ".svg":
+        from compresslab.report.svg import COLORS, Plot, field
+
+        if land["dims"] == 1:
+            p = Plot(title, "step along d1 (× filter norm)", "cross-entropy")
+            p.line(land["coords"], land["loss"], color=COLORS["parent"], title="loss")
+            p.points(land["coords"], land["loss"], r=2.5, color=COLORS["parent"],
+                     titles=[f"a = {a:.3g}: loss {v:.4g}, error {e:.3f}"
+                             for a, v, e in zip(land["coords"], land["loss"], land["error"])])
+            p.rule(0.0, axis="x", title="θ (the checkpoint)")
+            text = p.svg()
+        else:
+            text = field(land["coords"], land["coords"], land["loss"], title=title, xlabel="d1", ylabel="d2",
+                         label="loss", log=True, centre_title=f"θ: loss {land['centre']['loss']:.4g}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # umask permissions, unlike mkstemp's 0600
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return path
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    from compresslab.figures import save_png
+
+    fig = Figure(figsize=(6, 4.5) if land["dims"] == 2 else (6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if land["dims"] == 1:
+        ax.plot(land["coords"], land["loss"], marker="o", ms=3)
+        ax.axvline(0.0, color="#555", ls="--", lw=1)
+        ax.set_xlabel("step along d1 (× filter norm)")
+        ax.set_ylabel("cross-entropy")
+        ax.grid(alpha=0.3)
+    else:
+        z = torch.tensor(land["loss"]).T.clamp_min(1e-12).numpy()  # rows = d2
+        c = ax.contourf(land["coords"], land["coords"], z, levels=20, norm=LogNorm(z.min(), z.max()))
+        fig.colorbar(c, ax=ax, label="cross-entropy")
+        ax.plot([0], [0], marker="*", color="white", mec="black", ms=12)
+        ax.set_xlabel("d1")
+        ax.set_ylabel("d2")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+@on_device
+def landscape_checkpoint(checkpoint: Path, data: str, *, dims: int = 1, span: float = 1.0, points: int = 21,
+                         split: str = "train", hessian_samples: int = 32, max_examples: int | None = 2048,
+                         batch_size: int = 256, seed: int = 0, masked: bool = True, out: Path | None = None,
+                         val_fraction: float = 0.1, progress=None) -> dict:
+    """Sharpness of a float checkpoint: Hutchinson's estimate of the Hessian trace of the mean
+    cross-entropy (:func:`compresslab.measure.sharpness.hessian_trace`) and the loss landscape
+    along ``dims`` filter-normalised random directions (seeds ``seed``, ``seed + 1``;
+    :mod:`compresslab.measure.landscape`), both on the first ``max_examples`` of ``split``.
+
+    With ``masked`` (default) the entries of prunable parameters that are exactly zero count
+    as pruned: the Hessian and the directions then live on the kept coordinates only (a pruned
+    child's landscape is that of the network it is). ``summary``: loss at θ, the largest rise
+    on the grid, and ``sharpness`` = mean loss increase at radius span/2. ``out`` (.svg or
+    .png): the plot. The train/val split is the one the checkpoint's ``spec.json`` records
+    for ``data`` (a run-store step), else seed 0 with ``val_fraction``. Nothing is written when
+    an argument is rejected.
+    """
+    from compresslab.measure.landscape import filter_normalised_direction, landscape_summary, loss_landscape
+    from compresslab.measure.sharpness import hessian_trace
+    from compresslab.models.masks import prunable_parameters
+
+    if dims not in (1, 2):
+        raise UserError(f"--dims must be 1 or 2, got {dims}")
+    if not span > 0:
+        raise UserError(f"--span must be > 0, got {span}")
+    if points < 3:
+        raise UserError(f"--points must be >= 3, got {points}")
+    if hessian_samples < 0:
+        raise UserError(f"--hessian-samples must be >= 0 (0: skip the Hessian), got {hessian_samples}")
+    if max_examples is not None and max_examples < 1:
+        raise UserError(f"--max-examples must be >= 1, got {max_examples}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    out = Path(out) if out is not None else None
+    if out is not None and out.suffix.lower() not in (".svg", ".png"):
+        raise UserError(f"--out {out}: write a .svg or a .png file")
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a directory; name a .svg or .png file")
+    cfg = read_model_json(checkpoint)
+    if cfg.get("transforms"):
+        kinds = ", ".join(t["kind"] for t in cfg["transforms"])
+        raise UserError(f"{checkpoint} is transformed ({kinds}); a landscape needs a float checkpoint "
+                        "(use its parent or a pruned child)")
+    split_of = {"seed": 0, "val_fraction": val_fraction, "from": "default"}
+    spec_file = Path(checkpoint) / "spec.json"
+    recorded = (read_json(spec_file).get("spec", {}).get("data") or {}) if spec_file.is_file() else {}
+    if recorded.get("name") == data:  # the split the checkpoint was trained on
+        split_of = {"seed": recorded["seed"], "val_fraction": recorded["val_fraction"], "from": "spec.json"}
+    ds = dataset(data, split_of["val_fraction"], split_of["seed"])
+    if ds.task != "classification":
+        raise UserError(f"landscape measures cross-entropy; {data} is a {ds.task} dataset")
+    checkpoint_logits(checkpoint, ds, split)  # one clear line when the checkpoint does not fit the data
+    model = load_checkpoint(checkpoint, apply_transforms=False)[0].to(devices.current().torch_device)
+    mask = None
+    if masked:
+        mask = {n: p.detach() != 0 for n, p in prunable_parameters(model).items() if bool((p == 0).any())}
+    x, y = ds.split(split)
+    if max_examples is not None:
+        x, y = x[:max_examples], y[:max_examples]
+    result = {"checkpoint": str(checkpoint), "data": data, "data_split": split_of, "split": split,
+              "n": int(y.shape[0]), "seed": seed,
+              "masked": bool(mask), "pruned": sum(int((~m).sum()) for m in (mask or {}).values()),
+              "params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    seconds = {}
+    if hessian_samples:
+        batches = -(-int(y.shape[0]) // batch_size)
+        with _task(progress, f"Hessian trace ({hessian_samples} samples)") as callback:
+            tick = _ticker(callback, batches)
+            t0 = time.perf_counter()
+            h = hessian_trace(model, x, y, samples=hessian_samples, batch_size=batch_size, seed=seed, mask=mask,
+                              tick=tick)
+            seconds["hessian"] = time.perf_counter() - t0
+        result["hessian"] = h
+    dirs = [filter_normalised_direction(model, seed=seed + k, mask=mask) for k in range(dims)]
+    with _task(progress, f"{dims}-D landscape, {points ** dims} points") as callback:
+        tick = _ticker(callback, points ** dims + (0 if points % 2 else 1))
+        t0 = time.perf_counter()
+        land = loss_landscape(model, ds, dirs, span=span, points=points, split=split, max_examples=max_examples,
+                              tick=tick)
+        seconds["landscape"] = time.perf_counter() - t0
+    result["landscape"] = land
+    result["summary"] = landscape_summary(land)
+    result["seconds"] = seconds
+    if out is not None:
+        result["out"] = str(_landscape_plot(result, out))
+    return result
+
+
+def _ticker(callback, total: int):
+    """A no-argument tick feeding a progress callback ``total`` steps (or None)."""
+    if callback is None:
+        return None
+    callback({"event": "start", "epochs": 1, "steps_per_epoch": total, "total_steps": total})
+    count = [0]
+
+    def tick():
+        count[0] += 1
+        callback({"event": "step", "epoch": 1, "step": count[0], "loss": 0.0, "acc": 0.0, "samples_per_s": 0.0})
+
+    return tick

@@ -2,9 +2,9 @@
 
 Commands live by group in :mod:`~compresslab.cli.models` (train, info, evaluate,
 compare), :mod:`~compresslab.cli.compress` (prune, quantize, export, distill, substitute,
-blockswap, prunability, lottery), :mod:`~compresslab.cli.study` (study, doctor) and
-:mod:`~compresslab.cli.store` (ls, show, pin, gc); one module each for report, fidelity,
-search, local-search, sensitivity and codesign.
+blockswap, prunability, lottery), :mod:`~compresslab.cli.data` (distill-data),
+:mod:`~compresslab.cli.study` (study, doctor) and :mod:`~compresslab.cli.store` (ls, show, pin,
+gc); one module each for report, fidelity, search, local-search, sensitivity, landscape and codesign.
 """
 
 import typer  # noqa: I001  (the command modules below are imported in --help order)
@@ -13,8 +13,10 @@ from typer.exceptions import Abort, Exit, TyperException
 from compresslab.cli import (  # noqa: F401  (in the order `compresslab --help` lists their commands)
     models,
     compress,
+    data,
     fidelity,
     sensitivity,
+    landscape,
     search,
     local_search,
     codesign,

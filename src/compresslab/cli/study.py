@@ -44,7 +44,8 @@ def study(
     """Run a study (train the parent, make children, controls), write report.html and results.json.
 
     Study kinds: the plain study (no `kind`), kurtosis, kd-functional, moonshine,
-    linear-substitution, compression-functional, blockswap and embedding-compression.
+    linear-substitution, compression-functional, blockswap, embedding-compression,
+    dataset-distillation, data-pruning and distilled-pruning.
     Before anything is written the
     dataset loads, every model builds and every step passes its checks.
 

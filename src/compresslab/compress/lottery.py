@@ -10,9 +10,17 @@ Hypothesis" (ICML 2020):
 
 The random-reinitialisation control trains each round's mask from a fresh random
 initialisation instead of θ_k.
+
+Distilled pruning (McDermott & Cummings, "Distilled Pruning: Using Synthetic Data to Win the
+Lottery", 2023; McDermott & Parhi, "Finding Stable Subnetworks at Initialization with Dataset
+Distillation", 2025): with ``inner_data`` the train-prune-rewind loop (dense round included)
+trains on a small synthetic set, rewinding to the initialisation; each round's mask, applied
+to θ_0, is then trained once on the real data and that network is the round's ticket.
 """
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +43,16 @@ class ImpResult:
     ``sparsity`` (global, over the pruned parameter set), ``pruned``, ``total``,
     ``val_acc``, ``test_acc``, ``train_loss`` (last epoch), and with the control
     ``control_val_acc`` / ``control_test_acc`` (``None`` in round 0).
+    ``costs``: one dict per round with ``seconds`` (wall time of the round's ticket and
+    inner training, control excluded) and ``points_real`` / ``points_inner`` (training
+    examples seen, examples x epochs run, on the real and on the inner set).
     ``masks``: the keep-masks of the final round. ``rewind_state``: θ_k.
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     rewind_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    costs: list[dict[str, float]] = field(default_factory=list)
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -76,6 +88,8 @@ def imp(
     seed: int = 0,
     random_reinit_control: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    inner_data: Dataset | None = None,
+    inner_recipe: Recipe | None = None,
 ) -> ImpResult:
     """Iterative magnitude pruning with rewinding to epoch ``rewind_epoch``; ``model``'s current
     weights are the initialisation θ_0.
@@ -96,6 +110,16 @@ def imp(
     or ``"control"``) added, and ``{"event": "round-start", "round", "phase", "model",
     "masks"}`` just before each round trains (the model already rewound and masked).
 
+    ``inner_data`` (distilled pruning): round 0 and the search loop train on
+    ``inner_data.x_train`` with ``inner_recipe`` (default ``recipe``): train dense, prune
+    ``rate`` by magnitude, rewind to θ_0, train the sparse net on the inner set, prune again
+    (the last round skips the inner training, whose only use is the next mask). Each round's
+    ticket is a copy of θ_0 with that round's mask trained on ``data`` with ``recipe`` (phase
+    ``"ticket"``; the inner loop's events have phase ``"inner"``); its accuracy is the round's.
+    Needs ``rewind_epoch == 0`` and an inner set with ``data``'s input shape and classes.
+    In ``costs``, ``points_inner`` = len(inner set) x inner epochs run and ``points_real`` =
+    len(real train) x epochs of the ticket's real training.
+
     ``model`` is trained in place: it ends as the final round's trained sparse ticket.
     """
     if rounds < 0:
@@ -105,10 +129,16 @@ def imp(
     if not 0 <= rewind_epoch < max(recipe.epochs, 1):
         raise UserError(f"imp: rewind_epoch must be in [0, {recipe.epochs}) for a recipe of "
                         f"{recipe.epochs} epochs, got {rewind_epoch}")
+    if inner_data is not None:
+        check_inner_data(data, inner_data, rewind_epoch)
+    config = None
     if random_reinit_control:
-        from compresslab.models import build_from_config, model_config
+        from compresslab.models import model_config
 
         config = model_config(model)  # fail before training if the model cannot be rebuilt
+    if inner_data is not None:
+        return _imp_inner(model, data, inner_data, recipe, inner_recipe or recipe, rounds=rounds, rate=rate,
+                          scope=scope, seed=seed, config=config, callback=callback)
 
     params = prunable_parameters(model, scope=scope)
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
@@ -127,6 +157,7 @@ def imp(
         if callback is not None:
             callback({**event, "round": 0, "phase": "ticket"})
 
+    t0 = time.perf_counter()
     fitted = fit(model, data, recipe, seed=seed, callback=dense_callback)
     if state is None:  # recipe stopped early (cannot happen with rewind_epoch < epochs)
         raise UserError(f"imp: training stopped before epoch {rewind_epoch}; nothing to rewind to")
@@ -138,26 +169,93 @@ def imp(
             rewind(model, state, masks)
             if callback is not None:
                 callback({"event": "round-start", "round": r, "phase": "ticket", "model": model, "masks": masks})
+            t0 = time.perf_counter()
             fitted = fit(model, data, retrain, seed=seed, callback=_forward(callback, round=r, phase="ticket"),
                          after_step=lambda m: apply_masks(m, masks))
-        report = sparsity_report(model, masks)
-        val_acc, test_acc = _evaluate(model, data)
-        record = {"round": r, "sparsity": report["global"], "pruned": report["pruned"], "total": report["total"],
-                  "val_acc": val_acc, "test_acc": test_acc,
-                  "train_loss": fitted.history[-1]["loss"] if fitted.history else float("nan")}
-        if random_reinit_control:
-            record["control_val_acc"] = record["control_test_acc"] = None
-            if r > 0:
-                torch.manual_seed(seed + r)
-                control = build_from_config(config)
-                apply_masks(control, masks)
-                if callback is not None:
-                    callback({"event": "round-start", "round": r, "phase": "control", "model": control,
-                              "masks": masks})
-                fit(control, data, retrain, seed=seed, callback=_forward(callback, round=r, phase="control"),
-                    after_step=lambda m: apply_masks(m, masks))
-                record["control_val_acc"], record["control_test_acc"] = _evaluate(control, data)
-        result.records.append(record)
+        result.costs.append({"seconds": time.perf_counter() - t0,
+                             "points_real": len(data.y_train) * len(fitted.history), "points_inner": 0})
+        result.records.append(_record(r, model, masks, data, fitted,
+                                      config if random_reinit_control else None, retrain, seed, callback))
 
+    result.masks = {n: m.clone() for n, m in masks.items()}
+    return result
+
+
+def check_inner_data(data: Dataset, inner: Dataset, rewind_epoch: int) -> None:
+    """Raise :class:`UserError` unless ``inner`` can stand in for ``data``'s training split."""
+    if inner.input_shape != data.input_shape:
+        raise UserError(f"imp: the inner data {inner.name} has inputs {inner.input_shape} but {data.name} has "
+                        f"{data.input_shape}; distil the inner set from the same data")
+    if inner.num_classes != data.num_classes or inner.task != data.task:
+        raise UserError(f"imp: the inner data {inner.name} has {inner.num_classes} classes but {data.name} has "
+                        f"{data.num_classes}; distil the inner set from the same data")
+    if len(inner.y_train) == 0:
+        raise UserError(f"imp: the inner data {inner.name} has no training examples")
+    if rewind_epoch != 0:
+        raise UserError(f"imp: with inner data the loop rewinds to the initialisation; rewind_epoch must be 0, "
+                        f"got {rewind_epoch}")
+
+
+def _record(r: int, net: nn.Module, masks, data: Dataset, fitted, config: dict | None, recipe: Recipe, seed: int,
+            callback) -> dict[str, Any]:
+    """Round ``r``'s record of the trained ``net`` (see :class:`ImpResult`); with ``config`` (the
+    random-reinit control) a fresh network with the same mask is trained and scored too."""
+    report = sparsity_report(net, masks)
+    val_acc, test_acc = _evaluate(net, data)
+    record = {"round": r, "sparsity": report["global"], "pruned": report["pruned"], "total": report["total"],
+              "val_acc": val_acc, "test_acc": test_acc,
+              "train_loss": fitted.history[-1]["loss"] if fitted.history else float("nan")}
+    if config is not None:
+        record["control_val_acc"] = record["control_test_acc"] = None
+        if r > 0:
+            record["control_val_acc"], record["control_test_acc"] = _train_control(
+                config, masks, data, recipe, seed, r, callback)
+    return record
+
+
+def _train_control(config, masks, data, recipe, seed, r, callback) -> tuple[float, float]:
+    from compresslab.models import build_from_config
+
+    torch.manual_seed(seed + r)
+    control = build_from_config(config)
+    apply_masks(control, masks)
+    if callback is not None:
+        callback({"event": "round-start", "round": r, "phase": "control", "model": control, "masks": masks})
+    fit(control, data, recipe, seed=seed, callback=_forward(callback, round=r, phase="control"),
+        after_step=lambda m: apply_masks(m, masks))
+    return _evaluate(control, data)
+
+
+def _imp_inner(model: nn.Module, data: Dataset, inner: Dataset, recipe: Recipe, inner_recipe: Recipe, *,
+               rounds: int, rate: float, scope: str, seed: int, config: dict | None,
+               callback: Callable[[dict[str, Any]], None] | None) -> ImpResult:
+    """:func:`imp` with the search loop on ``inner`` (see its docstring); rewinds to θ_0."""
+    state = _snapshot(model)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model, scope=scope).items()}
+    result = ImpResult(rewind_state=state)
+    ticket = model
+    for r in range(rounds + 1):
+        t0 = time.perf_counter()
+        inner_epochs = 0
+        if r > 0:  # the mask comes from the inner-trained weights of the previous round
+            masks = global_magnitude_masks(prunable_parameters(model, scope=scope), rate, masks)
+        if r < rounds:  # the last round's mask is final: no inner training needed
+            rewind(model, state, masks)
+            if callback is not None:
+                callback({"event": "round-start", "round": r, "phase": "inner", "model": model, "masks": masks})
+            inner_fit = fit(model, inner, inner_recipe, seed=seed, callback=_forward(callback, round=r, phase="inner"),
+                            after_step=lambda m: apply_masks(m, masks))
+            inner_epochs = len(inner_fit.history)
+        ticket = copy.deepcopy(model)
+        rewind(ticket, state, masks)
+        if callback is not None:
+            callback({"event": "round-start", "round": r, "phase": "ticket", "model": ticket, "masks": masks})
+        fitted = fit(ticket, data, recipe, seed=seed, callback=_forward(callback, round=r, phase="ticket"),
+                     after_step=lambda m: apply_masks(m, masks))
+        result.costs.append({"seconds": time.perf_counter() - t0,
+                             "points_real": len(data.y_train) * len(fitted.history),
+                             "points_inner": len(inner.y_train) * inner_epochs})
+        result.records.append(_record(r, ticket, masks, data, fitted, config, recipe, seed, callback))
+    model.load_state_dict(ticket.state_dict())
     result.masks = {n: m.clone() for n, m in masks.items()}
     return result

@@ -9,6 +9,9 @@ train on identity classes and test by retrieval on disjoint identities: their te
 is query then gallery images, described by ``Dataset.meta["retrieval"]``, and test
 accuracy is meaningless for them (see :mod:`compresslab.data.retrieval`).
 
+A synthetic set made by ``compresslab distill-data``, ``distilled:DIR``, trains on its synthetic
+images and validates and tests on its source dataset's splits (see :mod:`compresslab.data.distilled`).
+
 Regression datasets, ``bragg:synthetic``, say so with ``Dataset.meta["task"] = "regression"``
 (:attr:`Dataset.task`): their targets are float32 ``(N, K)`` and ``num_classes`` is the output
 dimension K (see :mod:`compresslab.data.bragg`).
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compresslab.data import bragg, loaders, retrieval
+from compresslab.data import bragg, distilled, loaders, retrieval
 from compresslab.data.core import SPLITS, Dataset, augment, batches
 from compresslab.errors import UserError
 
@@ -62,6 +65,7 @@ DATASETS: dict[str, Loader] = {
     "identities": Loader(retrieval.load_identities, "synthetic"),
     "market1501": Loader(retrieval.load_market1501, "DIR"),
     "bragg": Loader(bragg.load_bragg, "synthetic"),
+    "distilled": Loader(distilled.not_raw, "DIR"),  # load_dataset reads it whole (no carving, no scaling)
 }
 
 
@@ -125,6 +129,9 @@ def load_dataset(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Data
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if name.startswith("distilled:"):  # splits and scaling come from the recorded source spec
+        _resolve(name)
+        return distilled.load_distilled(name.partition(":")[2], load_dataset)
     base, subset = _subset(name)
     loader, path = _resolve(base)
     raw = loader(path, seed)

@@ -9,6 +9,7 @@ training inputs at every α (as in e.g. Jordan et al., REPAIR, 2023).
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,155 @@ def lmc_pair(model_init: nn.Module, data: Dataset, recipe: Recipe, *, seeds: tup
     result = error_barrier(trained[0], trained[1], data, points=points, split=split)
     result["seeds"] = list(seeds)
     return result
+
+
+def filter_normalised_direction(model: nn.Module, *, seed: int, mask: dict[str, torch.Tensor] | None = None,
+                                ignore: str | None = "biasbn") -> dict[str, torch.Tensor]:
+    """A random direction in parameter space, filter-normalised as in Li, Xu, Taylor, Studer &
+    Goldstein, "Visualizing the Loss Landscape of Neural Nets" (NeurIPS 2018).
+
+    Per trainable parameter θ a Gaussian d ~ N(0, I) (CPU generator seeded by ``seed``);
+    for a weight of two or more dimensions each filter i (the output row ``d[i]``: an output
+    channel of a conv, a row of a linear map) is rescaled to the norm of the same filter of θ,
+
+        d_i ← d_i · ‖θ_i‖ / (‖d_i‖ + 1e-10),
+
+    so moving along d changes every filter by the same fraction of its own size, whatever its
+    scale (which matters for networks with BatchNorm, where a filter's scale does not change
+    the function). One-dimensional parameters (biases, norm affine) get 0 with
+    ``ignore="biasbn"`` (the paper's default) or θ itself with ``ignore=None``. With ``mask``
+    (name -> bool keep) d is zero on pruned entries before the rescaling and the target norm
+    is that of the kept part of θ_i. Returns detached tensors by parameter name.
+    """
+    if ignore not in ("biasbn", None, "none"):
+        raise UserError(f"ignore must be 'biasbn' or None, got {ignore!r}")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for name in mask or {}:
+        if name not in params:
+            raise UserError(f"mask entry {name!r} is not a trainable parameter of the model")
+    g = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for name, p in params.items():
+        theta = p.detach()
+        d = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32).to(device=p.device, dtype=p.dtype)
+        if p.dim() <= 1:
+            d = torch.zeros_like(theta) if ignore == "biasbn" else theta.clone()
+        if mask is not None and name in mask:
+            keep = mask[name].to(device=p.device, dtype=p.dtype)
+            d, theta = d * keep, theta * keep
+        if p.dim() > 1:
+            d_norm = d.flatten(1).norm(dim=1)
+            t_norm = theta.flatten(1).norm(dim=1)
+            d = d * (t_norm / (d_norm + 1e-10)).view(-1, *([1] * (p.dim() - 1)))
+        out[name] = d
+    return out
+
+
+def _grid(span: float, points: int) -> list[float]:
+    return torch.linspace(-span, span, points, dtype=torch.float64).tolist()
+
+
+def loss_landscape(model: nn.Module, data: Dataset, directions: list[dict[str, torch.Tensor]], *,
+                   span: float = 1.0, points: int = 21, split: str = "train", max_examples: int | None = 2048,
+                   bn_data: torch.Tensor | None = None, tick=None) -> dict[str, Any]:
+    """Loss and error around θ along one or two directions (Li et al., NeurIPS 2018).
+
+    With c = ``linspace(-span, span, points)``: 1-D, f(a) at θ + a·d1 for a in c; 2-D,
+    f(a, b) at θ + a·d1 + b·d2, stored as ``loss[i][j]`` for (a, b) = (c[i], c[j]). Loss is
+    the mean cross-entropy and error 1 - accuracy on the first ``max_examples`` of ``split``
+    (all with None). If the model has BatchNorm its statistics are recomputed at every point
+    (:func:`recompute_bn`) on ``bn_data`` (default: the first ``max_examples`` training
+    inputs), as :func:`error_barrier` does. ``centre`` holds loss and error at θ itself (a
+    grid point when ``points`` is odd). Directions map parameter names to tensors of their
+    shape (missing names: no move). The model is not changed; ``tick`` is called per point.
+    """
+    if len(directions) not in (1, 2):
+        raise UserError(f"loss_landscape takes 1 or 2 directions, got {len(directions)}")
+    if not span > 0:
+        raise UserError(f"span must be > 0, got {span}")
+    if int(points) < 3:
+        raise UserError(f"points must be >= 3, got {points}")
+    if max_examples is not None and int(max_examples) < 1:
+        raise UserError(f"max_examples must be >= 1 (or None for the whole split), got {max_examples}")
+    x, y = data.split(split)
+    if y.shape[0] == 0:
+        raise UserError(f"dataset {data.name!r}: the {split} split is empty; pick another split")
+    if max_examples is not None:
+        x, y = x[:max_examples], y[:max_examples]
+    probe = copy.deepcopy(model)
+    params = dict(probe.named_parameters())
+    for d in directions:
+        for name, t in d.items():
+            if name not in params:
+                raise UserError(f"direction entry {name!r} is not a parameter of the model")
+            if tuple(t.shape) != tuple(params[name].shape):
+                raise UserError(f"direction {name!r} has shape {tuple(t.shape)}, the parameter "
+                                f"{tuple(params[name].shape)}")
+    base = {n: p.detach().clone() for n, p in params.items()}
+    has_bn = bool(_batch_norms(probe))
+    bn_x = bn_data if bn_data is not None else (
+        data.x_train if max_examples is None else data.x_train[:max_examples])
+    if has_bn and base:  # recompute_bn feeds the batches as they are: put them where the model is
+        bn_x = bn_x.to(next(iter(base.values())).device)
+
+    @torch.no_grad()
+    def at(coeffs: tuple[float, ...]) -> tuple[float, float]:
+        for name, p in params.items():
+            p.copy_(base[name])
+            for c, d in zip(coeffs, directions):
+                if name in d and c != 0.0:
+                    p.add_(d[name].to(device=p.device, dtype=p.dtype), alpha=c)
+        if has_bn:
+            recompute_bn(probe, bn_x)
+        logits = evaluate_logits(probe, x)
+        yy = y.to(logits.device)
+        if tick is not None:
+            tick()
+        return float(F.cross_entropy(logits, yy)), 1.0 - float((logits.argmax(1) == yy).double().mean())
+
+    coords = _grid(float(span), int(points))
+    if len(directions) == 1:
+        vals = [at((a,)) for a in coords]
+        loss, error = [v[0] for v in vals], [v[1] for v in vals]
+    else:
+        vals = [[at((a, b)) for b in coords] for a in coords]
+        loss = [[v[0] for v in row] for row in vals]
+        error = [[v[1] for v in row] for row in vals]
+    mid = int(points) // 2
+    if int(points) % 2:
+        centre = vals[mid] if len(directions) == 1 else vals[mid][mid]
+    else:
+        centre = at((0.0,) * len(directions))
+    return {"coords": coords, "loss": loss, "error": error, "span": float(span), "points": int(points),
+            "split": split, "dims": len(directions), "n": int(y.shape[0]),
+            "centre": {"loss": centre[0], "error": centre[1]}}
+
+
+def _interp(coords: list[float], values, a: float) -> float:
+    """Piecewise-linear value at ``a`` of a 1-D grid."""
+    i = max(0, min(len(coords) - 2, int((a - coords[0]) / (coords[1] - coords[0]))))
+    t = (a - coords[i]) / (coords[i + 1] - coords[i])
+    return (1 - t) * values[i] + t * values[i + 1]
+
+
+def landscape_summary(result: dict[str, Any], *, radius: float | None = None, angles: int = 32) -> dict[str, float]:
+    """Numbers from a :func:`loss_landscape` result: ``centre_loss``; ``max_rise`` (the largest
+    loss on the grid minus the centre's); ``sharpness`` = the mean loss increase over the
+    points at distance ``radius`` (default span/2) from θ: a = ±r in 1-D, ``angles`` points
+    on the circle in 2-D, read off the grid by (bi)linear interpolation; and ``radius``."""
+    coords, loss = result["coords"], result["loss"]
+    r = result["span"] / 2 if radius is None else float(radius)
+    if not 0 < r <= result["span"]:
+        raise UserError(f"radius must be in (0, span], got {r}")
+    centre = result["centre"]["loss"]
+    if result["dims"] == 1:
+        ring = [_interp(coords, loss, -r), _interp(coords, loss, r)]
+        top = max(loss)
+    else:
+        ring = []
+        for k in range(angles):
+            a, b = r * math.cos(2 * math.pi * k / angles), r * math.sin(2 * math.pi * k / angles)
+            ring.append(_interp(coords, [_interp(coords, row, b) for row in loss], a))
+        top = max(max(row) for row in loss)
+    return {"centre_loss": centre, "max_rise": top - centre, "sharpness": sum(ring) / len(ring) - centre,
+            "radius": r}

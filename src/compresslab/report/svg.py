@@ -403,3 +403,99 @@ def heatmap(names: list[str], matrix: list[list[float]], *, title: str = "", uni
                f'<text x="{gx + 16}" y="{top + size:.1f}" font-size="10">{lo:.1f}{esc(unit)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+#: A perceptually ordered colour ramp (dark blue-purple = low, yellow = high), for scalar fields.
+RAMP = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+
+
+def ramp(t: float) -> str:
+    """The :data:`RAMP` colour at ``t`` in [0, 1] (clamped), linearly between its stops."""
+    t = min(1.0, max(0.0, t)) * (len(RAMP) - 1)
+    i = min(int(t), len(RAMP) - 2)
+    f = t - i
+    return "rgb({},{},{})".format(*(round(a + f * (b - a)) for a, b in zip(RAMP[i], RAMP[i + 1])))
+
+
+def field(xs: list[float], ys: list[float], z: list[list[float]], *, title: str = "", xlabel: str = "",
+          ylabel: str = "", label: str = "value", log: bool = False, centre: tuple[float, float] | None = (0.0, 0.0),
+          centre_title: str = "centre", width: int = 560) -> str:
+    """A 2-D scalar field as coloured cells: ``z[i][j]`` is the value at ``(xs[i], ys[j])``
+    (x to the right, y up), each cell hovering its coordinates and value; a colour bar
+    (``log``: coloured by log10, for values that rise over decades; non-positive values then
+    take the lowest colour) and a star at ``centre`` (None: none)."""
+    nx, ny = len(xs), len(ys)
+    flat = [v for row in z for v in row if v is not None and math.isfinite(v)]
+    lo, hi = (min(flat), max(flat)) if flat else (0.0, 1.0)
+    if log:
+        pos = [v for v in flat if v > 0] or [1.0]
+        lo, hi = min(pos), max(max(pos), min(pos))
+    tr = (lambda v: math.log10(max(v, lo))) if log else (lambda v: v)
+    t0, t1 = tr(lo), tr(hi)
+    span = (t1 - t0) or 1.0
+    left, top, bar = 62, 28 if title else 12, 70
+    pw = width - left - bar - 14
+    ph = min(pw, 420)
+    H = top + ph + 48
+
+    def edges(cs):  # cell boundaries: halfway between neighbouring coordinates
+        mids = [(a + b) / 2 for a, b in zip(cs, cs[1:])]
+        first = cs[0] - (mids[0] - cs[0]) if mids else cs[0] - 0.5
+        last = cs[-1] + (cs[-1] - mids[-1]) if mids else cs[-1] + 0.5
+        return [first, *mids, last]
+
+    ex, ey = edges(list(xs)), edges(list(ys))
+    sx, sy = Scale(ex[0], ex[-1]), Scale(ey[0], ey[-1])
+    sx.t0, sx.t1, sy.t0, sy.t1 = ex[0], ex[-1], ey[0], ey[-1]  # no padding: cells fill the panel
+
+    def X(v):
+        return left + pw * sx(v)
+
+    def Y(v):
+        return top + ph * (1 - sy(v))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {width} {H:.0f}" width="{width}" '
+           f'height="{H:.0f}" font-family="{FONT}" font-size="11" role="img"><title>{esc(title or label)}</title>']
+    if title:
+        out.append(f'<text x="{left}" y="17" font-size="13" font-weight="600">{esc(title)}</text>')
+    out.append('<g shape-rendering="crispEdges">')  # no anti-aliased seams between cells
+    for i in range(nx):
+        for j in range(ny):
+            v = z[i][j]
+            if v is None or not math.isfinite(v):
+                continue
+            x0, x1, y0, y1 = X(ex[i]), X(ex[i + 1]), Y(ey[j + 1]), Y(ey[j])
+            out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0 + 0.4:.1f}" height="{y1 - y0 + 0.4:.1f}" '
+                       f'fill="{ramp((tr(v) - t0) / span)}"><title>{esc(xlabel or "x")} {xs[i]:.3g}, '
+                       f'{esc(ylabel or "y")} {ys[j]:.3g}: {esc(label)} {v:.4g}</title></rect>')
+    out.append("</g>")
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+    for v in Scale(min(xs), max(xs)).ticks():
+        if ex[0] <= v <= ex[-1]:
+            out.append(f'<line x1="{X(v):.1f}" x2="{X(v):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#666"/>'
+                       f'<text x="{X(v):.1f}" y="{top + ph + 15}" text-anchor="middle" fill="#444">{v:g}</text>')
+    for v in Scale(min(ys), max(ys)).ticks():
+        if ey[0] <= v <= ey[-1]:
+            out.append(f'<line x1="{left - 4}" x2="{left}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#666"/>'
+                       f'<text x="{left - 6}" y="{Y(v) + 3.5:.1f}" text-anchor="end" fill="#444">{v:g}</text>')
+    if centre is not None:
+        out.append(marker("star", X(centre[0]), Y(centre[1]), 5, "#fff", centre_title, stroke="#111"))
+    out.append(f'<text x="{left + pw / 2:.0f}" y="{top + ph + 34}" text-anchor="middle">{esc(xlabel)}</text>'
+               f'<text transform="translate(14,{top + ph / 2:.0f}) rotate(-90)" text-anchor="middle">'
+               f"{esc(ylabel)}</text>")
+    # the colour bar (its gradient id from the content: the same page renders byte for byte)
+    gid = "fd" + hashlib.sha1(repr((title, lo, hi, nx, ny)).encode()).hexdigest()[:10]
+    gx = left + pw + 14
+    stops = "".join(f'<stop offset="{k / (len(RAMP) - 1):.2f}" stop-color="{ramp(k / (len(RAMP) - 1))}"/>'
+                    for k in range(len(RAMP)))
+    out.append(f'<defs><linearGradient id="{gid}" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient></defs>'
+               f'<rect x="{gx}" y="{top}" width="12" height="{ph:.1f}" fill="url(#{gid})" stroke="#bbb">'
+               f"<title>{esc(label)}{' (log colour scale)' if log else ''}</title></rect>")
+    for k in range(3):  # low, middle (in colour space), high
+        t = t0 + span * k / 2 if t1 > t0 else t0
+        v = 10 ** t if log else t
+        out.append(f'<text x="{gx + 16}" y="{top + ph * (1 - k / 2) + (0 if k else -1) + (9 if k == 2 else 3):.1f}" '
+                   f'font-size="10">{esc(short(v) if abs(v) >= 1000 else f"{v:.3g}")}</text>')
+    out.append(f'<text x="{gx}" y="{top + ph + 15}" font-size="10" fill="#444">{esc(label)}</text>')
+    out.append("</svg>")
+    return "".join(out)

@@ -153,3 +153,105 @@ def blockswap_spec(data: dict, budget: float, recipe: Recipe | dict, seed: int, 
     return {"data": data, "budget": float(budget), "samples": samples, "blocks": list(blocks or DEFAULT_BLOCKS),
             "batch": batch, "beta": beta, "at_points": list(at_points or ["group1", "group2", "group3"]),
             "recipe": _recipe(recipe), "seed": seed}
+
+
+#: The settings each dataset-distillation method reads, with their defaults.
+DISTILL_SETTINGS = {
+    "random": {},
+    "herding": {"herding_epochs": 1},
+    "dm": {"init": "real", "iterations": 1000, "lr_img": 1.0, "batch_real": 256, "dsa": False},
+    "dc": {"init": "noise", "iterations": 1000, "lr_img": 0.1, "batch_real": 256, "dsa": False},
+}
+
+
+def distill_data_spec(data: dict, *, method: str, ipc: int, seed: int, model: dict | None = None,
+                      **settings) -> dict:
+    """Distil ``ipc`` images per class of ``data`` with ``method`` (``dm``, ``dc``, ``random``,
+    ``herding``; see :mod:`compresslab.compress.dataset_distill`). Only the settings the method
+    reads go in, with their defaults filled in (:data:`DISTILL_SETTINGS`), so equal work hashes
+    equally; ``model`` (default ConvNet-3) is left out for ``random``."""
+    if method not in DISTILL_SETTINGS:
+        raise UserError(f"--method {method!r}: use one of {', '.join(DISTILL_SETTINGS)}")
+    known = set().union(*DISTILL_SETTINGS.values())
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UserError(f"distill-data: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    spec = {"data": data, "method": method, "ipc": int(ipc), "seed": seed}
+    if method != "random":
+        spec["model"] = model or model_spec("convnet")
+    for key, default in DISTILL_SETTINGS[method].items():
+        value = settings.get(key)
+        spec[key] = default if value is None else value
+    return spec
+
+
+def data_scores_spec(data: dict, method: str, seeds: list[int], *, model: dict | None = None,
+                     recipe: Recipe | dict | None = None, score_epochs: int | None = None) -> dict:
+    """Score every training example of ``data`` for data pruning with ``method`` (random,
+    el2n, grand, forgetting) over ``seeds``; see :mod:`compresslab.steps.data_pruning`.
+    ``random`` needs only its seed; the trained methods a ``model`` and ``recipe``, and
+    el2n / grand ``score_epochs`` (default: the first tenth of the recipe, at least 1)."""
+    from compresslab.compress.data_pruning import check_method
+
+    spec: dict = {"data": data, "method": check_method(method), "seeds": [int(s) for s in seeds]}
+    if method == "random":
+        return {**spec, "seeds": spec["seeds"][:1]}
+    if model is None or recipe is None:
+        raise UserError(f"score method {method}: needs a model and a recipe to train")
+    spec.update(model=model, recipe=_recipe(recipe))
+    if method != "forgetting":
+        spec["score_epochs"] = score_epochs or max(1, spec["recipe"].get("epochs", 10) // 10)
+    return spec
+
+
+def subset_train_spec(data: dict, student: dict, recipe: Recipe | dict, seed: int, *, keep_fraction: float,
+                      alpha: float, temperature: float = 4.0, keep: str = "hardest",
+                      class_balanced: bool = False) -> dict:
+    """Train ``student`` on the ``keep_fraction`` of the training split that the ``scores``
+    parent (a ``data-scores`` step) keeps, with (1-α)·CE + α·KD from the ``teacher`` parent
+    (α = 0: CE alone, no teacher, and no ``temperature`` in the spec)."""
+    from compresslab.compress.data_pruning import check_fraction
+    from compresslab.steps.data_pruning import check_alpha
+
+    spec = {"data": data, "student": student, "recipe": _recipe(recipe), "seed": seed,
+            "keep_fraction": check_fraction(keep_fraction), "alpha": check_alpha(alpha)}
+    if spec["alpha"] > 0:
+        spec["temperature"] = temperature
+    if keep != "hardest":
+        spec["keep"] = keep
+    if class_balanced:
+        spec["class_balanced"] = True
+    return spec
+
+
+def lottery_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, rounds: int, rate: float,
+                 inner_epochs: int | None = None, control: bool = False, lmc_dense: bool = False,
+                 lmc_points: int = 11, hessian_samples: int = 8, hessian_examples: int = 512,
+                 inner_data: str | None = None, landscape_points: int = 0) -> dict:
+    """IMP (rewinding to the initialisation) on ``data`` for ``rounds`` prunes of ``rate``;
+    with a ``distilled`` parent (a ``distill-data`` step) the search loop trains on that set
+    for ``inner_epochs`` (default: the recipe's) epochs per round; see
+    :mod:`compresslab.steps.lottery`. ``control``: the random re-init control per round;
+    ``lmc_dense``: also the dense initialisation's LMC barrier. ``inner_data`` (a data name such
+    as ``distilled:DIR``) stands in for the parent; the directory is then part of the hash.
+    ``landscape_points`` > 0: a 1-D filter-normalised loss landscape of the final ticket."""
+    if not 0.0 < rate < 1.0:
+        raise UserError(f"lottery: rate must be in (0, 1), got {rate}")
+    if rounds < 1:
+        raise UserError(f"lottery: rounds must be >= 1, got {rounds}")
+    if inner_epochs is not None and inner_epochs < 1:
+        raise UserError(f"lottery: inner_epochs must be >= 1, got {inner_epochs}")
+    spec = {"data": data, "model": model, "recipe": _recipe(recipe), "seed": seed, "rounds": int(rounds),
+            "rate": float(rate), "lmc_points": int(lmc_points), "hessian_samples": int(hessian_samples),
+            "hessian_examples": int(hessian_examples)}
+    if inner_epochs is not None:
+        spec["inner_epochs"] = int(inner_epochs)
+    if inner_data is not None:
+        spec["inner_data"] = inner_data
+    if control:
+        spec["control"] = True
+    if lmc_dense:
+        spec["lmc_dense"] = True
+    if landscape_points:
+        spec["landscape_points"] = int(landscape_points)
+    return spec

@@ -4,12 +4,16 @@
 >>> results, out = run_kind(spec, "runs")      # resumable; writes results.json + report.html
 
 Kinds: the plain study (no ``kind``), ``kurtosis``, ``kd-functional``, ``moonshine``,
-``linear-substitution``, ``compression-functional`` and ``blockswap``; add one with
+``linear-substitution``, ``compression-functional``, ``blockswap``, ``embedding-compression``,
+``dataset-distillation``, ``data-pruning`` and ``distilled-pruning``; add one with
 :func:`register_study_kind` (see :mod:`compresslab.study.kinds`).
 """
 from compresslab.study import (  # noqa: F401  (register the built-in kinds)
     blockswap,
     compression_functional,
+    data_pruning,
+    dataset_distillation,
+    distilled_pruning,
     embedding,
     kd_functional,
     kurtosis,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from compresslab.compress.lottery import imp, rewind
+from compresslab.compress.lottery import check_inner_data, imp, rewind
 from compresslab.errors import UserError
 from compresslab.figures import save_png
 from compresslab.runs.store import write_json
@@ -50,7 +50,8 @@ def _check(rounds: int, rate: float, rewind_epoch: int, recipe: Recipe, lmc_poin
 def run_lottery(model: str, data: str, *, options: dict | None = None, recipe: Recipe, rounds: int = 3,
                 rate: float = 0.2, rewind_epoch: int = 0, seed: int = 0, control: bool = True,
                 lmc: bool = True, lmc_points: int = 11, stable_threshold: float = 0.02, out: Path,
-                callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                callback: Callable[[dict[str, Any]], None] | None = None, inner_data: str | None = None,
+                inner_epochs: int | None = None) -> dict[str, Any]:
     """Run IMP on ``model`` (a registry name with ``options``) trained on ``data``; report it.
 
     ``rounds`` prunes of ``rate`` of the remaining weights each (round 0 is dense), rewinding
@@ -64,6 +65,11 @@ def run_lottery(model: str, data: str, *, options: dict | None = None, recipe: R
     ``callback`` receives every IMP event (see :func:`imp`) and ``{"event": "lmc", "round",
     "barrier", "stable"}`` after each round's LMC test.
 
+    ``inner_data`` (a data name, e.g. ``distilled:DIR``): distilled pruning, the search loop
+    trains on that set for ``inner_epochs`` (default ``recipe.epochs``) epochs per round and
+    each round's ticket is trained on ``data`` (see :func:`imp`). With or without it,
+    ``costs`` holds per round ``seconds``, ``points_real`` and ``points_inner`` (``ImpResult.costs``).
+
     Writes ``out/lottery.json`` (the returned dict) and ``out/lottery.png``; ``out`` is
     created. Bad arguments raise :class:`UserError` before any data is loaded or trained.
     """
@@ -71,11 +77,17 @@ def run_lottery(model: str, data: str, *, options: dict | None = None, recipe: R
 
     out = Path(out)
     _check(rounds, rate, rewind_epoch, recipe, lmc_points, stable_threshold, out)
-    out.mkdir(parents=True, exist_ok=True)
+    if inner_epochs is not None and inner_epochs < 1:
+        raise UserError(f"lottery: inner_epochs must be >= 1, got {inner_epochs}")
     start = time.perf_counter()
 
     ds = dataset(data, VAL_FRACTION, seed)
+    inner = None
+    if inner_data is not None:
+        inner = dataset(inner_data, VAL_FRACTION, seed)
+        check_inner_data(ds, inner, rewind_epoch)
     net = build({"name": model, "options": options or {}}, ds, seed)
+    out.mkdir(parents=True, exist_ok=True)
 
     masks_by_round: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -86,7 +98,8 @@ def run_lottery(model: str, data: str, *, options: dict | None = None, recipe: R
             callback(event)
 
     result = imp(net, ds, recipe, rounds=rounds, rate=rate, rewind_epoch=rewind_epoch, seed=seed,
-                 random_reinit_control=control, callback=collect)
+                 random_reinit_control=control, callback=collect, inner_data=inner,
+                 inner_recipe=None if inner_epochs is None else recipe.model_copy(update={"epochs": inner_epochs}))
 
     retrain = recipe.model_copy(update={"epochs": recipe.epochs - rewind_epoch})
     records = []
@@ -108,8 +121,9 @@ def run_lottery(model: str, data: str, *, options: dict | None = None, recipe: R
 
     report = {"model": model, "options": options or {}, "data": data, "seed": seed,
               "recipe": recipe.model_dump(), "rounds": rounds, "rate": rate, "rewind_epoch": rewind_epoch,
-              "control": control, "lmc": lmc, "lmc_points": lmc_points if lmc else None,
-              "stable_threshold": stable_threshold, "records": records,
+              "control": control, "lmc": lmc, "inner_data": inner_data,
+              "inner_epochs": (inner_epochs or recipe.epochs) if inner_data else None, "lmc_points": lmc_points if lmc else None,
+              "stable_threshold": stable_threshold, "records": records, "costs": result.costs,
               "seconds": time.perf_counter() - start}
     write_json(out / "lottery.json", report)
     plot_lottery(report, out / "lottery.png")
