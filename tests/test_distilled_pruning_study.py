@@ -144,3 +144,22 @@ def test_spec_builder_rejects_rate(rate):
 
     with pytest.raises(UserError, match="rate"):
         lottery_spec(data_spec("digits"), MLP, RECIPE, 0, rounds=1, rate=rate)
+
+
+def test_two_dimensional_landscape(tmp_path):
+    runs = tmp_path / "runs"
+    assert main(["study", str(tiny_preset(tmp_path, landscape_dims=2)), "--runs", str(runs), "-q"]) == 0
+    (out,) = (runs / "studies").iterdir()
+    scan = json.loads((out / "results.json").read_text())["landscape"]
+    for arm in ("real", "distilled"):
+        grid = scan[arm]["loss"]
+        assert scan[arm]["dims"] == 2 and [len(row) for row in grid] == [5] * 5
+        assert grid[2][2] == pytest.approx(scan[arm]["summary"]["centre_loss"])  # the centre is the ticket
+    html = (out / "report.html").read_text()
+    assert "2-D loss landscape, real-IMP" in html and "2-D loss landscape, distilled-IMP" in html
+
+
+def test_landscape_dims_outside_1_2_exit_2(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["study", str(tiny_preset(tmp_path, landscape_dims=3)), "--runs", str(runs), "-q"]) == 2
+    assert "landscape_dims" in capsys.readouterr().err and nothing_written(runs)

@@ -88,10 +88,16 @@ def plot_accuracy(results: dict) -> str:
 
 
 def plot_landscape(results: dict) -> str | None:
-    """Train loss of the first seed's final tickets along a filter-normalised direction."""
+    """Train loss of the first seed's final tickets along a filter-normalised direction, or
+    (2-D) over the plane of two such directions, one field per arm."""
     scan = results.get("landscape")
     if not scan:
         return None
+    if scan["real"].get("dims") == 2:
+        return "".join(svg.field(scan[key]["coords"], scan[key]["coords"], scan[key]["loss"], log=True,
+                                 title=f"2-D loss landscape, {label}, seed {scan['seed']}", xlabel="a (direction 1)",
+                                 ylabel="b (direction 2)", label="train loss", centre_title="the ticket", width=440)
+                       for key, label in ARMS[:2])
     p = svg.Plot(f"1-D loss landscape, final tickets, seed {scan['seed']}", "step a along d", "train loss",
                  width=440, height=300)
     for i, (key, label) in enumerate(ARMS[:2]):
@@ -127,6 +133,8 @@ def write_distilled_pruning_report(results: dict, path: str | Path) -> Path:
              "every ticket is then trained once on the real data. Search points: training examples x epochs "
              "spent before the round's mask exists. Seconds: cumulative, ticket training included, control "
              "and LMC excluded.</p>")
+    along = ("one filter-normalised direction" if (scan.get("real") or {}).get("dims", 1) == 1
+             else "a circle in the plane of two filter-normalised directions")
     sections = [
         "<h2>Ticket test accuracy (%)</h2>",
         table(["round", "sparsity %", "real-IMP", "distilled-IMP", "random re-init", "search pts real",
@@ -134,8 +142,8 @@ def write_distilled_pruning_report(results: dict, path: str | Path) -> Path:
         plots(plot_accuracy(results), plot_landscape(results)),
         "<h2>Stability</h2><p>LMC barrier: test error (%) rise between two copies of θ₀ with the mask, "
         "trained under data orders s+1 and s+2. Hessian trace: Hutchinson estimate on the final ticket "
-        "(kept weights). Landscape sharpness: mean train-loss rise at a = ±0.5 along one filter-normalised "
-        "direction (Li et al. 2018), first seed only.</p>",
+        "(kept weights). Landscape sharpness: mean train-loss rise over the ticket at radius 0.5 along "
+        f"{along} (Li et al. 2018), first seed only.</p>",
         table(["network", "LMC barrier % (mean [CI])", "Hessian trace (mean)", "landscape sharpness (first seed)"],
               stab),
         "<h2>Tests (one-sided Welch, Holm-adjusted as one family)</h2>",

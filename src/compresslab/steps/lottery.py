@@ -97,9 +97,10 @@ def run_lottery_step(step: Step, out: Path, parents: dict[str, Path], callback=N
                       mask=result.masks)
     landscape = None
     if s.get("landscape_points"):
-        d = filter_normalised_direction(net, seed=s["seed"], mask=result.masks)
-        scan = loss_landscape(net, data, [d], points=s["landscape_points"], split="train", max_examples=n)
-        landscape = {"coords": scan["coords"], "loss": scan["loss"], "error": scan["error"],
+        dirs = [filter_normalised_direction(net, seed=s["seed"] + i, mask=result.masks)
+                for i in range(s.get("landscape_dims", 1))]
+        scan = loss_landscape(net, data, dirs, points=s["landscape_points"], split="train", max_examples=n)
+        landscape = {"coords": scan["coords"], "loss": scan["loss"], "error": scan["error"], "dims": len(dirs),
                      "summary": landscape_summary(scan)}
     save_file({k: m.to(torch.uint8).contiguous().cpu() for k, m in result.masks.items()},
               str(out / "masks.safetensors"))

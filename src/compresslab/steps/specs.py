@@ -227,14 +227,15 @@ def subset_train_spec(data: dict, student: dict, recipe: Recipe | dict, seed: in
 def lottery_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, rounds: int, rate: float,
                  inner_epochs: int | None = None, control: bool = False, lmc_dense: bool = False,
                  lmc_points: int = 11, hessian_samples: int = 8, hessian_examples: int = 512,
-                 inner_data: str | None = None, landscape_points: int = 0) -> dict:
+                 inner_data: str | None = None, landscape_points: int = 0, landscape_dims: int = 1) -> dict:
     """IMP (rewinding to the initialisation) on ``data`` for ``rounds`` prunes of ``rate``;
     with a ``distilled`` parent (a ``distill-data`` step) the search loop trains on that set
     for ``inner_epochs`` (default: the recipe's) epochs per round; see
     :mod:`compresslab.steps.lottery`. ``control``: the random re-init control per round;
     ``lmc_dense``: also the dense initialisation's LMC barrier. ``inner_data`` (a data name such
     as ``distilled:DIR``) stands in for the parent; the directory is then part of the hash.
-    ``landscape_points`` > 0: a 1-D filter-normalised loss landscape of the final ticket."""
+    ``landscape_points`` > 0: a filter-normalised loss landscape of the final ticket, 1-D or
+    (``landscape_dims`` 2) 2-D."""
     if not 0.0 < rate < 1.0:
         raise UserError(f"lottery: rate must be in (0, 1), got {rate}")
     if rounds < 1:
@@ -252,6 +253,10 @@ def lottery_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, r
         spec["control"] = True
     if lmc_dense:
         spec["lmc_dense"] = True
+    if landscape_dims not in (1, 2):
+        raise UserError(f"lottery: landscape_dims must be 1 or 2, got {landscape_dims}")
     if landscape_points:
         spec["landscape_points"] = int(landscape_points)
+        if landscape_dims == 2:
+            spec["landscape_dims"] = 2
     return spec

@@ -80,7 +80,8 @@ class DistilledPruningSpec(RunOptions):
     lmc_points: int = Field(11, ge=2)
     hessian_samples: int = Field(8, ge=1)
     hessian_examples: int = Field(512, ge=1, description="training examples of the Hessian trace and landscape")
-    landscape_points: int = Field(0, ge=0, description="> 0: 1-D loss landscape of the first seed's final tickets")
+    landscape_points: int = Field(0, ge=0, description="> 0: loss landscape of the first seed's final tickets")
+    landscape_dims: int = Field(1, ge=1, le=2, description="1: along one filter-normalised direction; 2: a plane")
 
     @model_validator(mode="after")
     def _distinct(self) -> DistilledPruningSpec:
@@ -105,6 +106,7 @@ def expand(spec: DistilledPruningSpec) -> list[Entry]:
                   hessian_samples=spec.hessian_samples, hessian_examples=spec.hessian_examples)
     for s in spec.seeds:
         scan = spec.landscape_points if s == spec.seeds[0] else 0
+        common["landscape_dims"] = spec.landscape_dims
         real = Step("lottery", lottery_spec(data, model, spec.recipe, s, control=True, lmc_dense=True,
                                             landscape_points=scan, **common), label=f"real-imp-seed{s}")
         dist = Step("lottery", lottery_spec(data, model, spec.recipe, s, inner_epochs=spec.inner_epochs,
