@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,16 @@ import torch
 
 from compresslab.compress.data_pruning import (
     ForgettingTracker,
+    check_fraction,
     check_method,
     el2n_scores,
     grand_scores,
     random_scores,
+    select,
 )
 from compresslab.errors import UserError
 from compresslab.runs.store import Step, write_json
-from compresslab.steps.common import build, data_of, step_device
+from compresslab.steps.common import build, data_of, finish_model, history, step_device
 from compresslab.steps.registry import register_step
 from compresslab.train import Recipe, fit
 
@@ -111,10 +114,6 @@ def check_alpha(alpha: float) -> float:
 
 def kept_subset(data, scores: np.ndarray, s: dict):
     """``data`` with its training split cut to the examples :func:`select` keeps, and their indices."""
-    from dataclasses import replace
-
-    from compresslab.compress.data_pruning import select
-
     if len(scores) != len(data.y_train):
         raise UserError(f"scores for {len(scores)} examples, but the training split has {len(data.y_train)}")
     idx = select(scores, s["keep_fraction"], keep=s.get("keep", "hardest"), seed=s["seed"],
@@ -124,8 +123,6 @@ def kept_subset(data, scores: np.ndarray, s: dict):
 
 
 def check_subset_train(step: Step, parents: dict) -> None:
-    from compresslab.compress.data_pruning import check_fraction
-
     s = step.spec
     check_fraction(s["keep_fraction"])
     if check_alpha(s["alpha"]) > 0 and "teacher" not in parents:
@@ -139,7 +136,6 @@ def run_subset_train(step: Step, out: Path, parents: dict[str, Path], callback=N
     α = 0: cross-entropy alone, no teacher. Evaluated on the full val/test splits."""
     from compresslab.compress.distill import distill
     from compresslab.runs.checkpoint import load_checkpoint
-    from compresslab.steps.common import finish_model, history
 
     s = step.spec
     device = step_device()

@@ -64,7 +64,9 @@ def run_distill_data(step: Step, out: Path, parents: dict[str, Path], callback=N
         "final_loss": result.losses[-1] if result.losses else None, "losses": result.losses, "spec": s})
 
 
-def _distilled_data(parents: dict):
+def distilled_parent(parents: dict):
+    """The ``distilled`` parent's set as a dataset; ``None`` while that parent has not run (a
+    study's preflight passes the parent :class:`Step`)."""
     parent = parents["distilled"]
     return None if isinstance(parent, Step) else load_dataset(f"distilled:{parent}")
 
@@ -72,7 +74,7 @@ def _distilled_data(parents: dict):
 def check_train_distilled(step: Step, parents: dict) -> None:
     if "distilled" not in parents:
         raise UserError("a train-distilled step needs a 'distilled' parent (a distill-data step)")
-    data = _distilled_data(parents)
+    data = distilled_parent(parents)
     if data is not None:
         build(step.spec["model"], data, step.spec["seed"])
 
@@ -81,7 +83,7 @@ def check_train_distilled(step: Step, parents: dict) -> None:
 def run_train_distilled(step: Step, out: Path, parents: dict[str, Path], callback=None) -> None:
     s = step.spec
     dev = step_device()
-    data = _distilled_data(parents).to(dev)
+    data = distilled_parent(parents).to(dev)
     model = build(s["model"], data, s["seed"]).to(dev)
     recipe = Recipe(**s["recipe"])
     result = fit(model, data, recipe, loss=s.get("loss"), seed=data_seed(s), callback=callback)

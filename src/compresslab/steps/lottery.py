@@ -38,6 +38,7 @@ from compresslab.data import load_dataset
 from compresslab.errors import UserError
 from compresslab.runs.store import Step, write_json
 from compresslab.steps.common import build, data_of, step_device
+from compresslab.steps.distill_data import distilled_parent
 from compresslab.steps.registry import register_step
 from compresslab.train import Recipe
 
@@ -46,8 +47,7 @@ def _inner(step: Step, parents: dict):
     """The inner (distilled) set: the ``distilled`` parent's, the spec's ``inner_data``, or
     ``None`` (real IMP; also while the parent has not run yet)."""
     if "distilled" in parents:
-        parent = parents["distilled"]
-        return None if isinstance(parent, Step) else load_dataset(f"distilled:{parent}")
+        return distilled_parent(parents)
     name = step.spec.get("inner_data")
     return None if name is None else load_dataset(name)
 
