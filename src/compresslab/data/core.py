@@ -8,6 +8,36 @@ import torch
 
 SPLITS = ("train", "val", "test")
 
+IGNORE_INDEX = -100
+"""A token label that takes no part in any loss or metric: padding, special tokens and
+every sub-token but a word's first (the Hugging Face convention)."""
+
+
+def valid_tokens(outputs: torch.Tensor, labels: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token-level ``outputs`` ``(N, L, ...)`` flattened to the valid positions ``(M, ...)``,
+    with their labels ``(M,)``; example-level outputs ``(N, ...)`` with labels ``(N,)`` come
+    back as they are.
+
+    A position is valid where ``labels != IGNORE_INDEX`` and, when ``mask`` ``(N, L)`` is
+    given (an attention mask: nonzero for real tokens), where ``mask`` is nonzero. Without
+    labels, ``mask`` alone decides (labels come back None); without either, every position
+    is kept. Token-level means ``labels`` has two dimensions, or (no labels) ``mask`` is given
+    or ``outputs`` has three dimensions.
+    """
+    token = (labels is not None and labels.ndim == 2) or (labels is None and (mask is not None or outputs.ndim == 3))
+    if not token:
+        return outputs, labels
+    keep = torch.ones(outputs.shape[:2], dtype=torch.bool, device=outputs.device)
+    if labels is not None:
+        if labels.shape != outputs.shape[:2]:
+            raise ValueError(f"token labels {tuple(labels.shape)} do not match outputs {tuple(outputs.shape)}")
+        keep &= labels.to(outputs.device) != IGNORE_INDEX
+    if mask is not None:
+        keep &= mask.to(outputs.device).bool()
+    flat = outputs[keep]
+    return flat, (labels.to(outputs.device)[keep] if labels is not None else None)
+
 
 @dataclass
 class Dataset:
@@ -36,6 +66,19 @@ class Dataset:
         """``"regression"`` when ``meta["task"]`` says so (float targets ``(N, num_classes)``,
         e.g. ``bragg:synthetic``), else ``"classification"``."""
         return self.meta.get("task", "classification")
+
+    @property
+    def text(self) -> dict | None:
+        """``meta["text"]`` for text datasets (token ids as inputs), else None. Keys: ``level``
+        (``"token"``: labels ``(N, L)`` with :data:`IGNORE_INDEX` where nothing is scored;
+        ``"sequence"``: labels ``(N,)``), ``pad_id``, ``vocab_size``, ``tokenizer``
+        (``"word"`` or ``"hf:DIR"``), ``labels`` (tag or class names), ``max_len``."""
+        return self.meta.get("text")
+
+    @property
+    def token_level(self) -> bool:
+        """True when every example has one label per token (``y`` is ``(N, L)``)."""
+        return self.y_train.ndim == 2 and not self.y_train.is_floating_point()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
