@@ -15,16 +15,27 @@ done and reuses it. A study step that fails is recorded (by the executor) in
 The store can also live at any fsspec URL (``s3://bucket/prefix``, ``memory://x``):
 steps then run in a local cache directory, their files are uploaded, and a
 ``_COMPLETE`` marker is written last; a step counts as done only when its marker
-exists, and readers download it into the local cache before use. See
-:class:`RemoteStore`.
+exists, and readers download it into the local cache before use. Every remote call is
+retried with exponential backoff (:data:`RETRY_ENV`). See :class:`RemoteStore`.
+
+When the store itself fails (its disk is full, or the remote store still errors after
+every retry) the step raises :class:`StoreError`: one line naming the store, what was
+being written and, for a full disk, the free space. It is not the step's failure, so it
+is never recorded as one; the study stops (exit code 2) and nothing half-written stays
+under a step's name. :mod:`compresslab.runs.faults` injects kills and errors at the
+store's write points (``faults.hit``) for the tests of all this; ``docs/reliability.md``
+lists the faults and what to do about each.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import socket
 import time
@@ -35,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.errors import UserError
+from compresslab.runs import faults
 from compresslab.scratch import pid_alive
 
 #: Bump when the meaning of a step's outputs changes, so old results are not reused.
@@ -43,6 +55,53 @@ TMP = ".tmp"
 LOCKS = ".locks"
 FAILED = ".failed"
 COMPLETE = "_COMPLETE"
+#: Remote-store retries, ``ATTEMPTS:FIRST_DELAY`` (seconds): each remote call is tried up to
+#: ATTEMPTS times, sleeping FIRST_DELAY, then twice that, ... (capped at ``MAX_DELAY``) with a
+#: jitter of 0.5-1x seeded by the process id, so workers that failed together retry apart.
+#: The default, 6 tries over about 15 s, rides out a dropped connection or a throttling burst
+#: and still fails in seconds when the store is really gone. Tests set ``6:0.001``.
+RETRY_ENV = "COMPRESSLAB_REMOTE_RETRY"
+RETRY_DEFAULT = "6:0.5"
+MAX_DELAY = 30.0
+
+
+class StoreError(UserError):
+    """The run store itself failed (a full disk, a remote store that keeps erroring), not the
+    step: the executor does not record it as the step's failure but stops the study."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None, full: bool = False):
+        super().__init__(message)
+        self.path, self.full = path, full
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+#: How a full disk reads where the errno is lost: Rust's io::Error text (safetensors), the
+#: C library's, and numpy's short write.
+_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b|\d+ requested and \d+ written")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) means the disk or quota is full."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (isinstance(e, StoreError) and e.full) or (isinstance(e, OSError) and e.errno in _FULL_ERRNOS) \
+                or (isinstance(e, Exception) and not isinstance(e, StoreError) and _FULL_TEXT.search(str(e))):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def full_error(where: str, directory: Path, file: str) -> StoreError:
+    """The one line for a full disk: ``where`` (e.g. ``run store runs``), the MiB free on
+    ``directory``'s filesystem, the ``file`` being written and what to do."""
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return StoreError(f"{where} is full ({free}) writing {file}; free space or point --runs elsewhere, then rerun",
+                      path=file, full=True)
 
 
 def canonical_json(obj: Any) -> str:
@@ -120,17 +179,29 @@ class RunStore:
         with self.lock(step):
             if self.is_done(step):  # another process finished it while we waited
                 return self.path(step), False
+            faults.hit("lock", step.dirname)
             tmp = self.root / TMP / f"{step.dirname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
             try:
+                tmp.mkdir(parents=True)
+                faults.hit("tmp-dir", step.dirname)
                 fn(tmp)
+                faults.hit("step-files", step.dirname)
                 write_json(tmp / "spec.json", step_record(step))
+                faults.hit("spec", step.dirname)
+                self.clear_failure(step)  # before the step appears, so no instant leaves a finished step "failed"
                 self._publish(step, tmp)
-            except BaseException:
+            except BaseException as e:
+                full = disk_full(e)
+                file = _written_file(e, tmp, step) if full else ""
                 shutil.rmtree(tmp, ignore_errors=True)
+                if full:
+                    raise full_error(self._where(), self.root, file) from None
                 raise
-        self.clear_failure(step)
+            faults.hit("renamed", step.dirname)
         return self.path(step), True
+
+    def _where(self) -> str:
+        return f"run store {self.root}"
 
     def _publish(self, step: Step, tmp: Path) -> None:
         os.rename(tmp, self.path(step))
@@ -147,16 +218,20 @@ class RunStore:
                     break
                 except BlockingIOError:
                     time.sleep(poll)
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps(_holder()))
-            f.flush()
+            # who holds it, for doctor; unbuffered, so a full disk cannot fail the close later
+            with contextlib.suppress(OSError):
+                os.ftruncate(f.fileno(), 0)
+                os.write(f.fileno(), json.dumps(_holder()).encode())  # "a+": appends, at 0 after the truncate
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def record_failure(self, step: Step, error: BaseException) -> None:
+        """Record that ``step`` failed with ``error`` (a :class:`UserError`). A :class:`StoreError`
+        is the store's failure, not the step's: it is raised again, which stops the study."""
+        if isinstance(error, StoreError):
+            raise error
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         d = self.root / FAILED
         d.mkdir(exist_ok=True)
@@ -168,15 +243,17 @@ class RunStore:
 
     def _clean_stale_tmp(self) -> None:
         tmp_root = self.root / TMP
-        if not tmp_root.is_dir():
-            return
-        for d in tmp_root.iterdir():
+        for d in tmp_root.iterdir() if tmp_root.is_dir() else ():
             try:
                 pid = int(d.name.split(".")[-2])
             except (IndexError, ValueError):
                 pid = -1
             if pid <= 0 or not pid_alive(pid):
                 shutil.rmtree(d, ignore_errors=True)
+        for f in self.root.glob("studies/*/.*.tmp"):  # write_json's temp files (results.json) of killed runs
+            with contextlib.suppress(IndexError, ValueError):
+                if not pid_alive(int(f.name.split(".")[-2])):
+                    f.unlink(missing_ok=True)
 
 
 class RemoteStore(RunStore):
@@ -189,6 +266,13 @@ class RemoteStore(RunStore):
     Locks are objects ``<url>/.locks/<dir>.lock`` holding host, pid and time, taken
     with an exclusive create; a lock whose holder is a dead process on this host, or
     older than ``lock_ttl`` seconds, is stale and taken over.
+
+    Every remote call goes through :meth:`_io`, which retries an ``OSError`` (a dropped
+    connection, a timeout, a throttled request) with exponential backoff, as
+    :data:`RETRY_ENV` sets; the answers "not found", "exists", "permission denied" and "is
+    (not) a directory" are not retried. When the last try fails, a :class:`StoreError`
+    names the call, the path and the error. Every call is idempotent (uploads and the
+    marker overwrite; a lock create whose answer was lost is recognised as ours).
     """
 
     def __init__(self, url: str, *, cache: str | os.PathLike | None = None, lock_ttl: float = 24 * 3600):
@@ -201,6 +285,8 @@ class RemoteStore(RunStore):
                             "backend, e.g. pip install s3fs for s3://") from None
         self.remote, self.lock_ttl = url.rstrip("/"), lock_ttl
         self.base = self.base.rstrip("/")
+        self.attempts, self.delay = retry_settings()
+        self._jitter = random.Random(os.getpid())
         digest = hashlib.sha256(self.remote.encode()).hexdigest()[:16]
         cache = Path(cache) if cache else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
             / "compresslab" / "stores" / digest
@@ -213,11 +299,33 @@ class RemoteStore(RunStore):
     def location(self) -> str:
         return self.remote
 
+    def _where(self) -> str:
+        return f"local cache {self.root} of run store {self.remote}"
+
     def _remote(self, *parts: str) -> str:
         return "/".join((self.base, *parts))
 
+    def _io(self, what: str, path: str, call: Callable, *args, **kw):
+        """``call(*args, **kw)``, retried on transient errors; ``what`` and ``path`` name it
+        in the error that ends the retries."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return call(*args, **kw)
+            except _ANSWERS:
+                raise
+            except OSError as e:
+                if disk_full(e):  # the local disk (a download), not the network: retrying will not help
+                    raise
+                if attempt == self.attempts:
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise StoreError(f"remote run store {self.remote}: {what} {path} failed {attempt} times "
+                                     f"({type(e).__name__}: {reason}); check the store (network, credentials, "
+                                     "quota) and rerun: finished steps are kept") from None
+                time.sleep(min(MAX_DELAY, self.delay * 2 ** (attempt - 1)) * (0.5 + 0.5 * self._jitter.random()))
+
     def is_done(self, step: Step) -> bool:
-        return self.fs.exists(self._remote(step.dirname, COMPLETE))
+        marker = self._remote(step.dirname, COMPLETE)
+        return self._io("check", marker, self.fs.exists, marker)
 
     def path(self, step: Step) -> Path:
         """The step's local copy, downloaded on first use (only once it is complete)."""
@@ -227,11 +335,19 @@ class RemoteStore(RunStore):
         if not self.is_done(step):
             return local  # not finished: callers only read finished steps
         tmp = self.root / TMP / f"{step.dirname}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        for remote in self.fs.find(self._remote(step.dirname)):
-            rel = remote[len(self._remote(step.dirname)) + 1:]
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(remote, str(tmp / rel))
+        src = self._remote(step.dirname)
+        try:
+            tmp.mkdir(parents=True)
+            for remote in self._io("list", src, self.fs.find, src):
+                rel = remote[len(src) + 1:]
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                self._io("download", remote, self.fs.get_file, remote, str(tmp / rel))
+                faults.hit("remote-get", remote)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if disk_full(e):
+                raise full_error(self._where(), self.root, f"{step.dirname} (a download)") from None
+            raise
         try:
             os.rename(tmp, local)
         except OSError:  # another reader on this machine got there first
@@ -243,8 +359,10 @@ class RemoteStore(RunStore):
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         for p in files:
             self._put(p, f"{dest}/{p.relative_to(tmp).as_posix()}")
-        with self.fs.open(f"{dest}/{COMPLETE}", "w") as f:  # last: the step is now visible
-            f.write(json.dumps({"files": [p.relative_to(tmp).as_posix() for p in files], **_holder()}))
+        faults.hit("remote-marker", dest)
+        marker = json.dumps({"files": [p.relative_to(tmp).as_posix() for p in files], **_holder()}).encode()
+        self._io("write", f"{dest}/{COMPLETE}", self.fs.pipe_file, f"{dest}/{COMPLETE}", marker)  # last: now visible
+        faults.hit("remote-marked", dest)
         (tmp / COMPLETE).write_text("")
         if (self.root / step.dirname).exists():
             shutil.rmtree(self.root / step.dirname, ignore_errors=True)
@@ -253,29 +371,44 @@ class RemoteStore(RunStore):
     @contextlib.contextmanager
     def lock(self, step: Step, poll: float = 0.5):
         path = self._remote(LOCKS, f"{step.dirname}.lock")
-        self.fs.makedirs(self._remote(LOCKS), exist_ok=True)  # object stores ignore it; filesystems need it
-        me = _holder()
+        # object stores ignore makedirs; filesystems need it
+        self._io("mkdir", self._remote(LOCKS), self.fs.makedirs, self._remote(LOCKS), exist_ok=True)
+        me = json.dumps({**_holder(), "token": uuid.uuid4().hex}).encode()
         while True:
             try:
-                with self.fs.open(path, "xb") as f:
-                    f.write(json.dumps(me).encode())
+                self._io("lock", path, self._create, path, me)
                 break
             except FileExistsError:
+                if self._read(path) == me:  # our create went through, its answer was lost
+                    break
                 if self._stale(path):
-                    self.fs.rm(path)
+                    with contextlib.suppress(FileNotFoundError):
+                        self._io("unlock", path, self.fs.rm, path)
                     continue
                 time.sleep(poll)
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(path)
+            # a lock left on a finished step is harmless (readers check _COMPLETE, not locks)
+            with contextlib.suppress(FileNotFoundError, StoreError):
+                self._io("unlock", path, self.fs.rm, path)
+
+    def _create(self, path: str, data: bytes) -> None:
+        with self.fs.open(path, "xb") as f:
+            f.write(data)
+
+    def _read(self, path: str) -> bytes | None:
+        try:
+            return self._io("read", path, self.fs.cat_file, path)
+        except FileNotFoundError:
+            return None
 
     def _stale(self, path: str) -> bool:
         try:
-            with self.fs.open(path, "rb") as f:
-                holder = json.loads(f.read() or b"{}")
-        except (FileNotFoundError, json.JSONDecodeError):
+            holder = json.loads(self._read(path) or b"{}")
+        except json.JSONDecodeError:
+            return True
+        if not holder:
             return True
         if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1))):
             return True
@@ -288,7 +421,8 @@ class RemoteStore(RunStore):
     def clear_failure(self, step: Step) -> None:
         super().clear_failure(step)
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self._remote(FAILED, f"{step.dirname}.json"))
+            self._io("delete", self._remote(FAILED, f"{step.dirname}.json"), self.fs.rm,
+                     self._remote(FAILED, f"{step.dirname}.json"))
 
     def upload_dir(self, local: Path, name: str) -> str:
         """Copy a local directory (e.g. a study's results) to ``<url>/<name>``; returns the URL."""
@@ -297,8 +431,27 @@ class RemoteStore(RunStore):
         return f"{self.remote}/{name}"
 
     def _put(self, local: Path, remote: str) -> None:
-        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.put_file(str(local), remote)
+        parent = remote.rsplit("/", 1)[0]
+        self._io("mkdir", parent, self.fs.makedirs, parent, exist_ok=True)
+        self._io("upload", remote, self.fs.put_file, str(local), remote)
+        faults.hit("remote-put", remote)
+
+
+#: Errors that are the store's answer, not a failure to reach it: never retried.
+_ANSWERS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def retry_settings() -> tuple[int, float]:
+    """``(attempts, first delay in seconds)`` from :data:`RETRY_ENV` (default :data:`RETRY_DEFAULT`)."""
+    text = os.environ.get(RETRY_ENV) or RETRY_DEFAULT
+    attempts, _, delay = text.partition(":")
+    try:
+        parsed = int(attempts), float(delay or 0)
+    except ValueError:
+        parsed = (0, -1.0)
+    if parsed[0] < 1 or parsed[1] < 0:
+        raise UserError(f"{RETRY_ENV}={text!r}: expected ATTEMPTS:FIRST_DELAY_SECONDS such as {RETRY_DEFAULT}")
+    return parsed
 
 
 def _remote_store(url: str, lock_ttl: float) -> RemoteStore:
@@ -316,11 +469,38 @@ def _holder() -> dict:
 
 
 def write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
-    """Write JSON atomically (temp file + rename); keys sorted unless ``sort_keys`` is False."""
+    """Write JSON atomically (temp file + rename); keys sorted unless ``sort_keys`` is False.
+
+    A full disk raises :class:`StoreError` naming the file and the free space; the temp
+    file is removed (one left by a killed process is removed by the next :class:`RunStore`
+    when it is a study's, and goes with its temp directory when it is a step's)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n")
+        faults.hit("json-tmp", str(path))
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if disk_full(e):
+            raise full_error(f"the filesystem of {path.parent}", path.parent, str(path)) from None
+        raise
+    faults.hit("json", str(path))
+
+
+def _written_file(error: BaseException, tmp: Path, step: Step) -> str:
+    """The file a step was writing when the disk filled, as ``<step dir>/<file>``: the error's
+    file name when it has one, else the newest file in the step's temp directory."""
+    named = getattr(error, "path", None) if isinstance(error, StoreError) else getattr(error, "filename", None)
+    if named:
+        named = Path(named)
+        return f"{step.dirname}/{named.relative_to(tmp)}" if named.is_relative_to(tmp) else str(named)
+    with contextlib.suppress(OSError):
+        files = [p for p in tmp.rglob("*") if p.is_file()]
+        if files:
+            return f"{step.dirname}/{max(files, key=lambda p: p.stat().st_mtime_ns).relative_to(tmp)}"
+    return step.dirname
 
 
 def read_json(path: Path) -> Any:

@@ -18,12 +18,16 @@ to its share of CPUs: the same settings give bit-identical results under every e
 Every step runs under the caller's :class:`compresslab.device.Runtime` (its device and
 determinism), in worker processes and Ray tasks too; ``--workers N`` on one GPU runs N
 steps on it at once.
+
+On Ray, a step whose worker process or node dies is run again (:data:`RAY_MAX_RETRIES`); an
+exception the step raises is not (see there, and ``docs/reliability.md``).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import os
+import sys
 from dataclasses import dataclass
 
 from compresslab import device as devices
@@ -31,6 +35,33 @@ from compresslab.errors import UserError
 from compresslab.steps.registry import run_step
 
 EXECUTORS = ("local", "ray")
+
+#: Ray's ``max_retries`` for a step's task: how many times Ray runs a step again when the
+#: process running it dies (its node's raylet was killed, the machine was lost or preempted,
+#: the kernel's OOM killer hit it). Running a step again is safe because a step is idempotent:
+#: its directory is named by the hash of its inputs and appears only by an atomic rename, and
+#: the dead attempt's ``flock`` died with it, so a retry either finds the finished directory
+#: and reuses it, or redoes the work in a fresh temp directory (the dead attempt's temp
+#: directory is removed by the next store that opens). Each death costs the steps that were
+#: running on that node one retry; 3 rides out three deaths of the same step's node while a
+#: step that kills its own worker every time (a crash in native code, the kernel's OOM
+#: killer) fails after 4 attempts instead of looping. ``retry_exceptions`` stays
+#: ``False``: an exception raised by a step is deterministic (a retry gives it again), a
+#: :class:`UserError` is a result (recorded as the step's failure), and a full or failing
+#: store (``StoreError``) stops the study at once.
+RAY_MAX_RETRIES = 3
+#: The environment variable that overrides :data:`RAY_MAX_RETRIES` (e.g. higher on preemptible nodes).
+RAY_RETRIES_ENV = "COMPRESSLAB_RAY_MAX_RETRIES"
+
+
+def ray_max_retries() -> int:
+    """``$COMPRESSLAB_RAY_MAX_RETRIES`` if set (an integer >= 0), else :data:`RAY_MAX_RETRIES`."""
+    text = os.environ.get(RAY_RETRIES_ENV, "").strip()
+    if not text:
+        return RAY_MAX_RETRIES
+    if not text.isdigit():
+        raise UserError(f"{RAY_RETRIES_ENV}={text!r}: use an integer >= 0 (task retries when a Ray worker dies)")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -179,6 +210,14 @@ def _ray(order: dict, store, ex: Execution, progress, runtime) -> dict:
         import ray
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'compresslab[ray]' (or ray)") from None
+    retries = ray_max_retries()
+    # Ray's driver prints task failures and retries on stdout (from a thread, until shutdown);
+    # --json keeps stdout for its output, so they go to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        return _ray_tasks(ray, order, store, ex, progress, runtime, retries)
+
+
+def _ray_tasks(ray, order: dict, store, ex: Execution, progress, runtime, retries: int) -> dict:
     started = not ray.is_initialized()
     if started:
         try:
@@ -193,15 +232,33 @@ def _ray(order: dict, store, ex: Execution, progress, runtime) -> dict:
         with _Ticker(progress, "steps (ray)", len(order)) as ticker:
             for h, step in order.items():
                 deps = [p.hash for p in step.parents.values() if p.hash in refs]
-                refs[h] = task.options(num_cpus=ex.cpus_per_step, num_gpus=ex.gpus_per_step).remote(
+                refs[h] = task.options(num_cpus=ex.cpus_per_step, num_gpus=ex.gpus_per_step,
+                                       max_retries=retries, retry_exceptions=False).remote(
                     step, store, ex.cpus_per_step, runtime, *(refs[d] for d in deps))
             waiting = {r: h for h, r in refs.items()}
             while waiting:
                 ready, _ = ray.wait(list(waiting), num_returns=1)
                 for r in ready:
-                    results[waiting.pop(r)] = ray.get(r)
+                    h = waiting.pop(r)
+                    results[h] = _ray_result(ray, r, order[h], retries)
                     ticker.tick()
     finally:
         if started:
             ray.shutdown()
     return results
+
+
+def _ray_result(ray, ref, step, retries: int) -> tuple[str, object]:
+    """``ray.get(ref)``, with Ray's errors as one line: a :class:`UserError` raised inside the
+    task (a ``StoreError``: the store is full or unreachable) as itself, a step whose worker
+    died on every attempt (or that Ray lost otherwise) as a :class:`UserError` naming it. Other
+    exceptions (bugs in a step) propagate with their traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UserError):
+            raise e.cause from None
+        raise
+    except ray.exceptions.RayError as e:  # WorkerCrashedError, NodeDiedError, OutOfMemoryError, ...
+        raise UserError(f"step {step.dirname}: Ray lost it ({type(e).__name__}) after {retries} retries; "
+                        "finished steps are kept: check the nodes (memory, logs) and run the study again") from None
