@@ -18,7 +18,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m pytest -q
+	# one OpenMP thread per test process: tiny models run faster so on 2 cores, and subprocesses inherit it
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -89,6 +89,7 @@ def test_kd_term_reads_cached_logits_by_example_index():
         idx = torch.tensor([5, 17, 99])
         logits = torch.randn(3, 10)
         x = None
+        y = torch.tensor([1, 2, 3])
 
     assert term(Ctx).item() == pytest.approx(kd_loss(Ctx.logits, cached[Ctx.idx], 2.0).item())
 

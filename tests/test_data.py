@@ -108,10 +108,11 @@ def make_npz(path, x_train, y_train, x_test, y_test, **extra):
 def test_registry_and_names():
     assert list_datasets() == [
         "mnist1d", "digits", "mnist:DIR", "cifar10:DIR", "cifar100:DIR", "npz:FILE", "identities:synthetic",
-        "market1501:DIR", "bragg:synthetic", "distilled:DIR",
+        "market1501:DIR", "bragg:synthetic", "distilled:DIR", "conll:DIR", "jsonl:FILE", "hf-disk:DIR",
+        "imagefolder:DIR", "ner-synthetic",
     ]
     assert set(DATASETS) == {"mnist1d", "digits", "mnist", "cifar10", "cifar100", "npz", "identities", "market1501",
-                             "bragg", "distilled"}
+                             "bragg", "distilled", "conll", "jsonl", "hf-disk", "imagefolder", "ner-synthetic"}
     assert SPLITS == ("train", "val", "test")
 
 

@@ -24,7 +24,7 @@ LAYERS = [
     {"report"},
     {"study"},
     {"export", "fidelity", "export_hls"},
-    {"api", "mixed_precision", "codesign_pipeline"},
+    {"api", "live", "mixed_precision", "codesign_pipeline", "ner"},
     {"cli"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

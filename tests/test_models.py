@@ -45,6 +45,7 @@ NATURAL_SHAPES = {
     "searched": (1, 40),
     "soft-tree": (1, 8, 8),
     "convnet": (1, 28, 28),
+    "bert": (16,),  # 16 token ids
 }
 
 
@@ -82,8 +83,10 @@ def test_exact_parameter_counts(name, expected):
 
 @pytest.mark.parametrize("name", list_models() + ["wrn-16-2", "wrn1d-16-2"])
 def test_forward_gives_logits(name):
-    model = build(name, num_classes=7).eval()
-    x = torch.randn(2, *natural_shape(name))
+    if name == "bert":  # token ids in; one prediction per sequence with head="sequence"
+        model, x = build(name, num_classes=7, head="sequence", hidden=32, vocab_size=100).eval(), torch.randint(1, 100, (2, 16))
+    else:
+        model, x = build(name, num_classes=7).eval(), torch.randn(2, *natural_shape(name))
     with torch.no_grad():
         assert model(x).shape == (2, 7)
 

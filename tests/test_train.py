@@ -98,6 +98,19 @@ def test_crop_on_1d_inputs_is_deterministic():
     assert states_equal(a, b)
 
 
+def test_random_resized_crop_recipe_is_seeded_and_needs_images():
+    data = make_data(n=64)
+    init = conv_net()
+    runs = []
+    for augment in ("rrc-flip", "rrc-flip", "crop-flip"):
+        model = copy.deepcopy(init)
+        fit(model, data, Recipe(epochs=1, batch_size=32, augment=augment), seed=0)
+        runs.append(model)
+    assert states_equal(runs[0], runs[1]) and not states_equal(runs[0], runs[2])
+    with pytest.raises(UserError, match="needs 2-D images"):
+        fit(conv_net(dim=1), make_data(n=32, shape=(2, 16)), Recipe(epochs=1, augment="rrc"))
+
+
 # -- recipe, optimizers, schedules ---------------------------------------------------------------
 
 

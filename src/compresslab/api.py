@@ -14,6 +14,7 @@ from compresslab import device as devices
 from compresslab.compress.prune import METHODS
 from compresslab.compress.quantize import quantized_layer_bits
 from compresslab.compress.search import DEFAULT_BLOCKS, minibatch, search, write_csv, wrn_geometry
+from compresslab.data.core import valid_tokens
 from compresslab.errors import UserError
 from compresslab.measure import cost_report, count_params, latency
 from compresslab.measure.function import compare, mean_distance
@@ -210,8 +211,9 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fract
             splits[split] = {"centre_error_px": mean_distance(logits, y),
                              "loss": float(torch.nn.functional.mse_loss(logits, y)), "n": len(y)}
             continue
-        splits[split] = {"accuracy": float((logits.argmax(1) == y).float().mean()),
-                         "loss": float(torch.nn.functional.cross_entropy(logits, y)), "n": len(y)}
+        scored, labels = valid_tokens(logits, y)  # token-level data: the valid tokens
+        splits[split] = {"accuracy": float((scored.argmax(-1) == labels).float().mean()),
+                         "loss": float(torch.nn.functional.cross_entropy(scored, labels)), "n": len(y)}
     return {"checkpoint": str(checkpoint), "data": data, "splits": splits}
 
 
@@ -219,7 +221,8 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, seed: int = 0, val_fract
 def compare_checkpoints(a: Path, b: Path, data: str, *, split: str = "test", seed: int = 0,
                         val_fraction: float = 0.1) -> dict:
     """Every output metric of ``b`` against ``a`` on one split (keys of ``compare_logits``; on
-    regression data those of ``compare_outputs``: output MSE and centre distances in pixels)."""
+    regression data those of ``compare_outputs``: output MSE and centre distances in pixels).
+    On token-level data every metric is over the split's valid tokens (label not -100)."""
     ds = dataset(data, val_fraction, seed)
     y = ds.split(split)[1]
     return compare(checkpoint_logits(a, ds, split), checkpoint_logits(b, ds, split), labels=y, task=ds.task)

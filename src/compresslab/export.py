@@ -35,13 +35,20 @@ def run_session(sess, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
 
 
-def ort_latency(sess, input_shape, *, batch_sizes=(1, 256), warmup: int = 3, min_time: float = 0.2) -> dict[str, float]:
+def ort_latency(sess, input_shape, *, batch_sizes=(1, 256), warmup: int = 3, min_time: float = 0.2,
+                vocab_size: int | None = None) -> dict[str, float]:
     """Median milliseconds per ``sess.run`` on random input, keyed ``batch<size>``: the
-    protocol of :func:`compresslab.measure.latency` (about ``min_time`` s per size)."""
+    protocol of :func:`compresslab.measure.latency` (about ``min_time`` s per size). A graph
+    that takes int64 token ids gets ids drawn below ``vocab_size``."""
     name = sess.get_inputs()[0].name
+    token = sess.get_inputs()[0].type == "tensor(int64)"
+    if token and not vocab_size:
+        raise UserError("this ONNX graph takes token ids: give ort_latency the vocabulary size to draw them from")
     out = {}
     for bs in batch_sizes:
-        x = np.random.default_rng(0).standard_normal((bs, *input_shape)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        x = (rng.integers(0, vocab_size, (bs, *input_shape), dtype=np.int64) if token
+             else rng.standard_normal((bs, *input_shape)).astype(np.float32))
         for _ in range(warmup):
             sess.run(None, {name: x})
         t0 = time.perf_counter()
@@ -57,9 +64,23 @@ def ort_latency(sess, input_shape, *, batch_sizes=(1, 256), warmup: int = 3, min
 
 
 def _parity(reference: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict:
+    """Largest logit difference (over every position), top-1 agreement and accuracy over the
+    scored examples (tokens with a label, for token-level data)."""
+    ref, g, y = _scored(reference, got, labels)
     return {"max_abs_diff": float(np.abs(reference - got).max()),
-            "top1_agreement": float((reference.argmax(1) == got.argmax(1)).mean()),
-            "accuracy": float((got.argmax(1) == labels).mean())}
+            "top1_agreement": float((ref.argmax(-1) == g.argmax(-1)).mean()),
+            "accuracy": float((g.argmax(-1) == y).mean())}
+
+
+def _scored(reference: np.ndarray, got: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token-level logits ``(N, L, C)`` and labels ``(N, L)`` flattened to the labelled tokens
+    (:func:`compresslab.data.core.valid_tokens`); example-level arrays as they are."""
+    from compresslab.data.core import valid_tokens
+
+    y = torch.from_numpy(np.asarray(labels))
+    ref, y_flat = valid_tokens(torch.from_numpy(reference), y)
+    g, _ = valid_tokens(torch.from_numpy(got), y)
+    return ref.numpy(), g.numpy(), y_flat.numpy()
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str, *, int8: bool = False,
@@ -115,14 +136,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str, *, int
                             "export without --int8 or try --int8-scheme dynamic") from None
         sessions = {"fp32": session(fp32_path), "int8": session(int8_path)}
         got = {k: run_session(s, x) for k, s in sessions.items()}
+        scored = {k: _scored(reference, g, y) for k, g in got.items()}  # token-level: the labelled tokens
+        ref_flat, _, y_flat = scored["fp32"]
         result = {"checkpoint": str(checkpoint), "onnx": str(out), "format": "int8" if int8 else "fp32",
                   "int8_scheme": int8_scheme, "transforms": kinds, "examples": int(len(y)),
-                  "torch_accuracy": float((reference.argmax(1) == y).mean()), "threads": torch.get_num_threads(),
+                  "torch_accuracy": float((ref_flat.argmax(-1) == y_flat).mean()), "threads": torch.get_num_threads(),
                   "parity": {k: _parity(reference, g, y) for k, g in got.items()},
-                  "fidelity": fidelity_report({"pytorch": reference, **{f"onnx-{k}": g for k, g in got.items()}}, y),
+                  "fidelity": fidelity_report({"pytorch": ref_flat, **{f"onnx-{k}": v[1] for k, v in scored.items()}},
+                                              y_flat),
                   "bytes": {k: p.stat().st_size for k, p in (("fp32", fp32_path), ("int8", int8_path))}}
+        if y.ndim == 2:
+            result["scored_tokens"] = int(len(y_flat))
         if with_latency:
-            lat = {k: ort_latency(s, shape) for k, s in sessions.items()}
+            vocab = getattr(float_model, "vocab_size", None)
+            lat = {k: ort_latency(s, shape, vocab_size=vocab) for k, s in sessions.items()}
             result["latency_ms"] = lat
             result["int8_speedup"] = {k: lat["fp32"][k] / lat["int8"][k] for k in lat["fp32"]}
         shutil.move(str(int8_path if int8 else fp32_path), str(out))  # published only when everything passed

@@ -38,9 +38,40 @@ def require_ort():
     return onnxruntime
 
 
+def takes_token_ids(model: torch.nn.Module) -> bool:
+    """Whether ``model`` takes integer token ids: it says so with an integer ``input_dtype``
+    (:class:`compresslab.models.hf.HFClassifier` does) and gives ``vocab_size``."""
+    dtype = getattr(model, "input_dtype", None)
+    return isinstance(dtype, torch.dtype) and not dtype.is_floating_point and not dtype.is_complex
+
+
+def example_input(model: torch.nn.Module, input_shape, batch: int = 1, *, random: bool = False,
+                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A batch ``(batch, *input_shape)`` that ``model`` can run.
+
+    Float models get zeros (``random``: standard normal) in ``dtype`` (default float32).
+    Models that take token ids (:func:`takes_token_ids`) get ids drawn uniformly below
+    their ``vocab_size`` from a fixed seed, none equal to their ``pad_id`` except the last
+    position of every sequence longer than one token, which is padding: a trace (ONNX
+    export, Torch-Pruning's graph) then sees the attention mask at work instead of a mask
+    of ones that the model may skip."""
+    shape = (int(batch), *(int(d) for d in input_shape))
+    if not takes_token_ids(model):
+        make = torch.randn if random else torch.zeros
+        return make(shape, device=device, dtype=dtype or torch.float32)
+    vocab, pad = int(model.vocab_size), int(getattr(model, "pad_id", 0) or 0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, max(vocab - 1, 1), shape, generator=g)
+    ids = ids + (ids >= pad).long() if vocab > 1 else ids  # skip the pad id
+    if shape[-1] > 1:
+        ids[..., -1] = pad
+    return ids.to(device=device, dtype=model.input_dtype)
+
+
 def export_onnx(model: torch.nn.Module, input_shape, path: str | Path, opset: int = 17) -> None:
-    """Trace ``model`` (eval) to ONNX at ``path`` with a dynamic batch dimension."""
-    x = torch.zeros(1, *input_shape)
+    """Trace ``model`` (eval) to ONNX at ``path`` with a dynamic batch dimension; the input
+    is float32, or int64 token ids for a model that takes them (:func:`example_input`)."""
+    x = example_input(model, input_shape)
     try:
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # the exporter prints its IR graph on failure: keep it off stdout
@@ -95,7 +126,7 @@ def quantize_onnx(fp32: Path, out: Path, scheme: str, calibration: list[np.ndarr
     if ranges is not None:  # every range is given: one zero batch satisfies the calibrator, the overrides win
         extra["TensorQuantOverrides"] = {k: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                                          for k, (lo, hi) in ranges.items()}
-        calibration = [np.zeros((1, *_input_shape(fp32)), np.float32)]
+        calibration = [np.zeros((1, *_input_shape(fp32)), _input_numpy_dtype(fp32))]
     with _quiet_logging():
         quantize_static(str(fp32), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=ops,
@@ -122,6 +153,14 @@ def _input_shape(path: Path) -> tuple[int, ...]:
 
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     return tuple(d.dim_value for d in dims[1:])
+
+
+def _input_numpy_dtype(path: Path) -> type:
+    """The numpy dtype of the graph's first input (int64 token ids or float32)."""
+    import onnx
+
+    elem = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.elem_type
+    return np.int64 if elem == onnx.TensorProto.INT64 else np.float32
 
 
 @contextlib.contextmanager
@@ -151,26 +190,35 @@ def onnx_ranges(model: torch.nn.Module, input_shape, batches: list[torch.Tensor]
     with tempfile.TemporaryDirectory(prefix="compresslab-int8-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(model, input_shape, fp32)
-        return calibrate_onnx(fp32, [b.detach().cpu().float().numpy() for b in batches])
+        token = takes_token_ids(model)
+        return calibrate_onnx(fp32, [(b.detach().cpu().long() if token else b.detach().cpu().float()).numpy()
+                                     for b in batches])
 
 
 class OrtModule(torch.nn.Module):
     """An ONNX graph run by ONNX Runtime on the CPU, called like the torch model it came
-    from: float input, float logits on the input's device. It has no parameters and no
-    submodules (no feature points). The session, created at the first call with torch's
-    thread count, is not copied or pickled: a copy builds its own."""
+    from: float input (int64 token ids for a graph that takes them), float logits on the
+    input's device. It has no parameters and no submodules (no feature points). ``like``,
+    the torch model the graph came from, lends its token-id attributes (``input_dtype``,
+    ``vocab_size``, ``pad_id``) so :func:`example_input` feeds it ids. The session,
+    created at the first call with torch's thread count, is not copied or pickled: a copy
+    builds its own."""
 
-    def __init__(self, graph: bytes, description: str = ""):
+    def __init__(self, graph: bytes, description: str = "", like: torch.nn.Module | None = None):
         super().__init__()
         self.graph, self.description, self._session = graph, description, None
+        if like is not None and takes_token_ids(like):
+            self.input_dtype, self.vocab_size = like.input_dtype, int(like.vocab_size)
+            self.pad_id = int(getattr(like, "pad_id", 0) or 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._session is None:
             self._session = session(self.graph)
-        xs = x.detach().float().cpu()
+        token = self._session.get_inputs()[0].type == "tensor(int64)"
+        xs = x.detach().cpu().long() if token else x.detach().float().cpu()
         name = self._session.get_inputs()[0].name
         if len(xs) == 0:  # ONNX Runtime rejects an empty batch: run one example for the output width
-            out = self._session.run(None, {name: np.zeros((1, *xs.shape[1:]), np.float32)})[0][:0]
+            out = self._session.run(None, {name: np.zeros((1, *xs.shape[1:]), np.int64 if token else np.float32)})[0][:0]
         else:
             out = self._session.run(None, {name: xs.numpy()})[0]
         return torch.from_numpy(out).to(x.device)

@@ -3,7 +3,7 @@
 Commands live by group in :mod:`~compresslab.cli.models` (train, info, evaluate,
 compare), :mod:`~compresslab.cli.compress` (prune, quantize, export, distill, substitute,
 blockswap, prunability, lottery), :mod:`~compresslab.cli.data` (distill-data),
-:mod:`~compresslab.cli.study` (study, doctor) and :mod:`~compresslab.cli.store` (ls, show, pin,
+:mod:`~compresslab.cli.ner` (ner generate, annotate, verify, evaluate), :mod:`~compresslab.cli.study` (study, doctor) and :mod:`~compresslab.cli.store` (ls, show, pin,
 gc); one module each for report, fidelity, search, local-search, sensitivity, landscape and codesign.
 """
 
@@ -14,6 +14,7 @@ from compresslab.cli import (  # noqa: F401  (in the order `compresslab --help` 
     models,
     compress,
     data,
+    ner,
     fidelity,
     sensitivity,
     landscape,

@@ -25,7 +25,8 @@ app = typer.Typer(
 )
 
 RUNS_HELP = "Run store directory: one sub-directory per finished step, reused on re-runs."
-DATA_HELP = "mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR or npz:FILE."
+DATA_HELP = ("mnist1d, digits, mnist:DIR, cifar10:DIR, cifar100:DIR, npz:FILE, imagefolder:DIR, conll:DIR, jsonl:FILE, "
+             "hf-disk:DIR (options after ?, e.g. conll:DIR?tokenizer=MODEL_DIR&max_len=64; see docs/data.md).")
 PRESETS = Path(__file__).parent.parent / "study" / "presets"
 
 # Options every command spells the same way.

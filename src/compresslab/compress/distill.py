@@ -9,6 +9,20 @@ Importing this module registers three terms with :func:`compresslab.train.losses
 - ``hint`` (FitNets, Romero et al. 2015): a learned 1x1 regressor maps the student's
   feature to the teacher's channel count; the term is the mean squared error.
 
+Token-level data (labels ``(N, L)``, logits ``(N, L, K)``, token features ``(N, L, D)``)
+scores only the valid tokens, label not -100 (:func:`compresslab.data.core.valid_tokens`):
+
+- ``kd``: the same formula with each valid token one example (batchmean over them).
+- ``at`` on token inputs (integer ids): at(f) = the per-token energy mean_d f² over the
+  positions, zeroed where a token is not valid, L2-normalised per example
+  (:func:`token_attention_map`); the term is the mean over the valid positions of
+  (at_s − at_t)², averaged over feature points. Teacher maps run live (not cached).
+- ``hint`` on token inputs: a bias-free linear regressor maps each token's student feature
+  to the teacher's width; the term is the MSE over the valid tokens.
+
+Without token labels (sequence-level text data) a valid token is one that is not the
+dataset's padding id (``meta["text"]["pad_id"]``), when known.
+
 Terms combine by name with weights, e.g. ``{"ce": 0.1, "kd": 0.9, "at": 1000}``; a
 user-registered term may read the teacher the same way, through the
 :class:`TeacherSignal` its factory receives.
@@ -29,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresslab.data import Dataset
+from compresslab.data.core import IGNORE_INDEX, valid_tokens
 from compresslab.device import model_device
 from compresslab.errors import UserError
 from compresslab.models import capture_features, feature_points
@@ -52,14 +67,21 @@ DEFAULT_LOSS = {"kd": 0.9, "ce": 0.1}
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, *,
-            teacher_log_probs: torch.Tensor | None = None) -> torch.Tensor:
+            teacher_log_probs: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
     """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), batchmean (Hinton et al. 2015).
 
     ``teacher_log_probs`` = log_softmax(z_t/T), when already known, replaces ``teacher_logits``.
+    Token-level logits ``(B, L, K)``: the mean over the valid tokens (``labels`` ``(B, L)``
+    not -100; every token without labels), each one example; 0 when there is none.
     """
     t = temperature
-    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_t = teacher_log_probs if teacher_log_probs is not None else F.log_softmax(teacher_logits.float() / t, dim=1)
+    log_p_t = teacher_log_probs if teacher_log_probs is not None else F.log_softmax(teacher_logits.float() / t, dim=-1)
+    if student_logits.ndim == 3:
+        student_logits = valid_tokens(student_logits, labels)[0]
+        log_p_t = valid_tokens(log_p_t, labels)[0]
+        if student_logits.shape[0] == 0:
+            return student_logits.sum() * 0.0
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
 
 
@@ -76,22 +98,59 @@ def at_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]) 
     return torch.stack([(s - t).pow(2).mean() for s, t in zip(student_maps, teacher_maps)]).mean()
 
 
+def token_attention_map(feature: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Token features (B, L, D) -> (B, L): each token's mean of f² over D, zero where ``keep``
+    (B, L) is False, L2-normalised per example over the positions."""
+    if feature.dim() != 3:
+        raise UserError(f"attention transfer on token inputs needs per-token features (B, L, D), "
+                        f"got shape {tuple(feature.shape)}; choose per-token feature points")
+    energy = feature.float().pow(2).mean(-1)
+    if keep is not None:
+        energy = energy * keep
+    return F.normalize(energy, dim=1)
+
+
+def token_keep(ctx, pad_id: int | None = None) -> torch.Tensor | None:
+    """The valid tokens (B, L) of a batch of token ids: labels not -100 when the labels are
+    per token, else ids other than ``pad_id`` (None when that is unknown: every position)."""
+    if ctx.y.ndim == 2 and not ctx.y.is_floating_point():
+        return ctx.y != IGNORE_INDEX
+    if pad_id is not None and ctx.x.ndim == 2 and not ctx.x.is_floating_point():
+        return ctx.x != pad_id
+    return None
+
+
+def _token_labels(ctx) -> torch.Tensor | None:
+    """``ctx.y`` when it holds one class label per token, else None."""
+    return ctx.y if ctx.y.ndim == 2 and not ctx.y.is_floating_point() else None
+
+
+def _at_valid(s: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """mean over the valid positions of (s − t)² (every position when ``keep`` is None; 0 when none is valid)."""
+    d = (s - t).pow(2)
+    if keep is None:
+        return d.mean()
+    return d[keep].mean() if bool(keep.any()) else d.sum() * 0.0
+
+
 def noise_logits(kind: str, n: int, num_classes: int, *, low: float = 0.0, high: float = 1.0,
-                 sigma: float = 1.0, seed: int = 0) -> torch.Tensor:
+                 sigma: float = 1.0, seed: int = 0, tokens: int | None = None) -> torch.Tensor:
     """A noise teacher: one fixed logit vector per training example, drawn once.
 
     ``uniform-noise``: U(low, high); ``gaussian-noise``: N(0, sigma²). Row i belongs to
     training example i for the whole run, so the targets never change across epochs.
+    With ``tokens`` = L (token-level data), one vector per token: ``(n, L, num_classes)``.
     """
     gen = torch.Generator().manual_seed(seed)
+    shape = (n, num_classes) if tokens is None else (n, tokens, num_classes)
     if kind == "uniform-noise":
         if not high > low:
             raise UserError(f"uniform-noise teacher: need high > low, got low={low}, high={high}")
-        return low + (high - low) * torch.rand(n, num_classes, generator=gen)
+        return low + (high - low) * torch.rand(*shape, generator=gen)
     if kind == "gaussian-noise":
         if not sigma > 0:
             raise UserError(f"gaussian-noise teacher: sigma must be > 0, got {sigma}")
-        return sigma * torch.randn(n, num_classes, generator=gen)
+        return sigma * torch.randn(*shape, generator=gen)
     raise UserError(f"unknown noise teacher {kind!r}; use one of {', '.join(NOISE_KINDS)}")
 
 
@@ -170,9 +229,9 @@ class TeacherSignal:
         """log_softmax(teacher logits / ``temperature``) for the batch; from fixed logits,
         computed once for the whole training set."""
         if self.cached_logits is None:
-            return F.log_softmax(self._forward(ctx)[0] / temperature, dim=1)
+            return F.log_softmax(self._forward(ctx)[0] / temperature, dim=-1)
         if temperature not in self._log_probs:
-            self._log_probs[temperature] = F.log_softmax(self.cached_logits.float() / temperature, dim=1)
+            self._log_probs[temperature] = F.log_softmax(self.cached_logits.float() / temperature, dim=-1)
         return self._log_probs[temperature][ctx.idx]
 
     def attention(self, ctx, point: str) -> torch.Tensor:
@@ -215,19 +274,31 @@ class KDTerm:
         signal.want_logits()
 
     def __call__(self, ctx) -> torch.Tensor:
+        labels = _token_labels(ctx)
+        tokens = {} if labels is None else {"labels": labels}  # example-level: the call as it always was
         return kd_loss(ctx.logits, None, self.temperature,
-                       teacher_log_probs=self.signal.log_probs(ctx, self.temperature))
+                       teacher_log_probs=self.signal.log_probs(ctx, self.temperature), **tokens)
 
 
 class ATTerm:
-    """The ``at`` term over ``pairs`` = {student point: teacher point}."""
+    """The ``at`` term over ``pairs`` = {student point: teacher point}; with ``tokens`` (token-id
+    inputs) over per-token features, :func:`token_attention_map` on the valid tokens."""
 
-    def __init__(self, signal: TeacherSignal, pairs: dict[str, str]):
-        self.signal, self.pairs = signal, dict(pairs)
+    def __init__(self, signal: TeacherSignal, pairs: dict[str, str], *, tokens: bool = False,
+                 pad_id: int | None = None):
+        self.signal, self.pairs, self.tokens, self.pad_id = signal, dict(pairs), tokens, pad_id
         self.feature_points = list(self.pairs)
-        signal.want_attention(self.pairs.values())
+        if tokens:
+            signal.want_features(self.pairs.values())
+        else:
+            signal.want_attention(self.pairs.values())
 
     def __call__(self, ctx) -> torch.Tensor:
+        if self.tokens:
+            keep = token_keep(ctx, self.pad_id)
+            return torch.stack([_at_valid(token_attention_map(ctx.features[s], keep),
+                                          token_attention_map(self.signal.feature(ctx, t), keep), keep)
+                                for s, t in self.pairs.items()]).mean()
         return at_loss([attention_map(ctx.features[s]) for s in self.pairs],
                        [self.signal.attention(ctx, t) for t in self.pairs.values()])
 
@@ -238,10 +309,15 @@ class HintTerm:
     ``regressors[i]`` (one per pair, in order) is a bias-free 1x1 convolution (or a
     linear map for vector features) from the student's to the teacher's channels; ``fit``
     trains its parameters together with the student's (they are not part of the student).
+
+    With ``tokens`` (token-id inputs, features (B, L, D)) the regressor is linear on each
+    token's feature and the MSE is over the valid tokens only.
     """
 
-    def __init__(self, signal: TeacherSignal, pairs: dict[str, str], regressors: nn.ModuleList):
+    def __init__(self, signal: TeacherSignal, pairs: dict[str, str], regressors: nn.ModuleList, *,
+                 tokens: bool = False, pad_id: int | None = None):
         self.signal, self.pairs, self.regressors = signal, dict(pairs), regressors
+        self.tokens, self.pad_id = tokens, pad_id
         self.feature_points = list(self.pairs)
         signal.want_features(self.pairs.values())
 
@@ -249,8 +325,17 @@ class HintTerm:
         return self.regressors.parameters()
 
     def __call__(self, ctx) -> torch.Tensor:
-        return torch.stack([F.mse_loss(reg(ctx.features[s].float()), self.signal.feature(ctx, t))
-                            for reg, (s, t) in zip(self.regressors, self.pairs.items())]).mean()
+        keep = token_keep(ctx, self.pad_id) if self.tokens else None
+        parts = []
+        for reg, (s, t) in zip(self.regressors, self.pairs.items()):
+            pred, target = reg(ctx.features[s].float()), self.signal.feature(ctx, t)
+            if keep is not None and pred.dim() == 3:  # per-token features (a pooled one is per example)
+                if not bool(keep.any()):
+                    parts.append(pred.sum() * 0.0)
+                    continue
+                pred, target = pred[keep], target[keep]
+            parts.append(F.mse_loss(pred, target))
+        return torch.stack(parts).mean()
 
 
 def _regressor(c_in: int, c_out: int, dims: int) -> nn.Module:
@@ -278,6 +363,8 @@ def match_points(student: nn.Module, teacher: nn.Module, x: torch.Tensor, points
     ``points``: None (every feature point the two share by name; for ``at`` only those
     that are spatial maps), a list of shared names, or a ``{student: teacher}`` mapping.
     Spatial sizes must match; ``at`` ignores channel counts, ``hint`` regresses them.
+    On token ids ``x`` (integers) features are (L, D) per example, channels last: the
+    positions L must match and D may differ.
     """
     s_points, t_points = feature_points(student), feature_points(teacher)
     if points is None:
@@ -294,10 +381,13 @@ def match_points(student: nn.Module, teacher: nn.Module, x: torch.Tensor, points
         raise UserError(f"{term}: the student and teacher share no usable feature points "
                         f"(student: {', '.join(s_points) or 'none'}; teacher: {', '.join(t_points) or 'none'}); "
                         f"name them, e.g. {term}_points: {{student_point: teacher_point}}")
+    tokens = _token_inputs(x)
     for s, t in pairs.items():
-        if s_shape[s][1:] != t_shape[t][1:] or (term == "at" and len(s_shape[s]) < 2):
+        same = s_shape[s][:-1] == t_shape[t][:-1] if tokens else s_shape[s][1:] == t_shape[t][1:]
+        if not same or (term == "at" and len(s_shape[s]) < 2):
             raise UserError(f"{term}: student feature {s!r} {s_shape[s]} and teacher feature {t!r} {t_shape[t]} "
-                            "need the same spatial size (channels first); pick matching feature points")
+                            f"need the same {'number of tokens (L, D)' if tokens else 'spatial size (channels first)'}; "
+                            "pick matching feature points")
     return pairs
 
 
@@ -332,25 +422,35 @@ def _kd_term(signal: TeacherSignal | None, *, temperature: float = 4.0, **_) -> 
     return KDTerm(require_teacher(signal, "kd"), temperature)
 
 
+def _token_inputs(x: torch.Tensor | None) -> bool:
+    """Whether a batch holds token ids (integers), whose features are per token (B, L, D)."""
+    return x is not None and not x.is_floating_point()
+
+
 @register_term("at")
 def _at_term(signal: TeacherSignal | None, *, student: nn.Module | None = None, sample: torch.Tensor | None = None,
-             at_points=None, **_) -> ATTerm:
+             at_points=None, pad_id: int | None = None, **_) -> ATTerm:
     teacher = _teacher_network(signal, "at")
-    return ATTerm(signal, match_points(student, teacher, sample, at_points, term="at"))
+    return ATTerm(signal, match_points(student, teacher, sample, at_points, term="at"),
+                  tokens=_token_inputs(sample), pad_id=pad_id)
 
 
 @register_term("hint")
 def _hint_term(signal: TeacherSignal | None, *, student: nn.Module | None = None,
-               sample: torch.Tensor | None = None, hint_points=None, seed: int = 0, **_) -> HintTerm:
+               sample: torch.Tensor | None = None, hint_points=None, seed: int = 0, pad_id: int | None = None,
+               **_) -> HintTerm:
     teacher = _teacher_network(signal, "hint")
     pairs = match_points(student, teacher, sample, hint_points, term="hint")
     s_shape = probe_shapes(student, sample, list(pairs))
     t_shape = probe_shapes(teacher, sample, list(dict.fromkeys(pairs.values())))
+    tokens = _token_inputs(sample)
     with torch.random.fork_rng(devices=[]):  # the regressors' initialisation depends on seed alone
         torch.manual_seed(seed)
-        regressors = nn.ModuleList(_regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
+        regressors = nn.ModuleList(_regressor(s_shape[s][-1], t_shape[t][-1], 0) if tokens  # per token, channels last
+                                   else _regressor(s_shape[s][0], t_shape[t][0], len(s_shape[s]) - 1)
                                    for s, t in pairs.items())
-    return HintTerm(signal, pairs, regressors.to(model_device(student)))  # made on the CPU, trained with the student
+    return HintTerm(signal, pairs, regressors.to(model_device(student)),  # made on the CPU, trained with the student
+                    tokens=tokens, pad_id=pad_id)
 
 
 def _teacher_signal(teacher: nn.Module | torch.Tensor, data: Dataset) -> TeacherSignal:
@@ -359,9 +459,10 @@ def _teacher_signal(teacher: nn.Module | torch.Tensor, data: Dataset) -> Teacher
         raise UserError(f"dataset {data.name} has no training examples to distil on")
     if not isinstance(teacher, torch.Tensor):
         return TeacherSignal(teacher)
-    if tuple(teacher.shape) != (n, k):
-        raise UserError(f"fixed teacher logits must have shape ({n}, {k}) (one row per training example), "
-                        f"got {tuple(teacher.shape)}")
+    want = (n, data.y_train.shape[1], k) if data.token_level else (n, k)
+    if tuple(teacher.shape) != want:
+        raise UserError(f"fixed teacher logits must have shape {want} (one row per training example"
+                        f"{', one per token' if data.token_level else ''}), got {tuple(teacher.shape)}")
     return TeacherSignal(logits=teacher.float().to(data.device))
 
 
@@ -371,6 +472,8 @@ def _distill_loss(teacher: nn.Module | torch.Tensor, student: nn.Module, data: D
     for name in loss:  # unknown names first, before any probing
         get_term_factory(name)
     signal = _teacher_signal(teacher, data)
+    if data.text is not None and data.text.get("pad_id") is not None:  # feature terms on sequence-level text
+        cfg.setdefault("pad_id", data.text["pad_id"])
     return signal, compose_loss(loss, signal=signal, student=student, sample=data.x_train[:2], **cfg)
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from compresslab.errors import UserError
+from compresslab.measure.weights import prunability
 from compresslab.models.masks import PRUNABLE, apply_masks, prunable_parameters  # noqa: F401 (re-exported)
 
 
@@ -108,6 +109,21 @@ def prune(model: nn.Module, amount: float, *, method: str = "global-l1", scope: 
         masks = random_masks(params, amount, seed)
     apply_masks(model, masks)
     return masks
+
+
+def resolve_amount(amount: float | str, model: nn.Module, scope: str = "all") -> tuple[float, dict | None]:
+    """``(fraction, rule)``: ``amount`` as given when it is a number (rule None), or
+    ``"p_star"`` / ``"safe"`` read off ``model``'s weights (data-free,
+    :func:`compresslab.measure.weights.prunability`), the rule then being its ``p_star``,
+    ``safe_amount`` and ``kurtosis_of_kurtoses``. The ``prune`` step and
+    :func:`compresslab.live.prune` both resolve amounts here."""
+    if not isinstance(amount, str):
+        return float(amount), None
+    if amount not in ("p_star", "safe"):
+        raise UserError(f"pruning amount {amount!r}: give a fraction, 'p_star' or 'safe'")
+    report = prunability(model, scope=scope)
+    key = {"p_star": "p_star", "safe": "safe_amount"}[amount]
+    return report[key], {k: report[k] for k in ("p_star", "safe_amount", "kurtosis_of_kurtoses")}
 
 
 def prune_global(model: nn.Module, amount: float, *, scope: str = "all") -> dict[str, torch.Tensor]:

@@ -411,7 +411,7 @@ def quantize_dynamic_int8(model: nn.Module, transform: dict = DYNAMIC_INT8) -> n
         torch_ao.require("this dynamic int8 model (transform quantize-dynamic)")
         return torch_ao.quantize_dynamic(model)
     graph = ort.int8_graph(model, transform["input_shape"], "dynamic", op_types=ort.LINEAR_OPS)
-    return ort.OrtModule(graph, "onnxruntime int8 dynamic (Linear)").eval()
+    return ort.OrtModule(graph, "onnxruntime int8 dynamic (Linear)", like=model).eval()
 
 
 def calibrate_static_int8(model: nn.Module, batches: list[torch.Tensor], backend: str = "auto") -> dict:
@@ -436,7 +436,7 @@ def apply_static_int8(model: nn.Module, t: dict, example: torch.Tensor) -> nn.Mo
     """Rebuild the static int8 model of transform ``t`` from float ``model``."""
     if t.get("backend") == ORT:
         graph = ort.int8_graph(model, t["input_shape"], "static", ranges=t["act_ranges"])
-        return ort.OrtModule(graph, "onnxruntime int8 static (QDQ)").eval()
+        return ort.OrtModule(graph, "onnxruntime int8 static (QDQ)", like=model).eval()
     torch_ao.require("this static int8 model (transform quantize-static, backend x86)")
     return torch_ao.convert_static(torch_ao.prepare_static(model, example), t["act_ranges"])
 

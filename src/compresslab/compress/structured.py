@@ -14,6 +14,13 @@ pruned state dict loads with ``strict=True``::
     fresh = apply_structure(build_from_config(model_config(model)), report["structure"])
     fresh.load_state_dict(model.state_dict())   # strict
 
+Transformers (Hugging Face BERT-style attention, found by
+:func:`compresslab.models.hf.attention_heads`) lose whole attention heads (Torch-Pruning's
+``num_heads`` / ``prune_num_heads``; ``amount`` of each layer's heads) and feed-forward
+channels; the hidden width of the residual stream is kept (its embeddings and every
+layer writing to it are protected), so the pruned model needs no new embeddings and
+still rebuilds from its checkpoint's ``structure``.
+
 Parameter-free ops that change the channel count (e.g. the option-A shortcut of
 the CIFAR ResNets: subsample + zero-pad new channels) are not understood by
 ``torch_pruning``: it treats the pad as element-wise, couples channel i of the
@@ -30,9 +37,12 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from compresslab.data.core import valid_tokens
 from compresslab.errors import UserError
 from compresslab.measure.cost import count_macs, count_params
+from compresslab.models.hf import attention_heads
 from compresslab.models.structure import apply_structure, structure_of  # noqa: F401 (re-exported)
+from compresslab.ort import example_input
 
 IMPORTANCES = ("magnitude", "taylor")
 
@@ -88,7 +98,7 @@ def structured_prune(
     param = next(model.parameters(), None)
     if param is None:
         raise UserError("the model has no parameters, so there is nothing to prune")
-    example = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
+    example = example_input(model, input_shape, device=param.device, dtype=param.dtype)
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
@@ -97,7 +107,11 @@ def structured_prune(
         protected = {}
         if ignore_output:
             protected[_module_names(model)[_output_layer(model, example)]] = "produces the logits"
-        protected.update(_unsafe_layers(model, example, protected))
+        heads = attention_heads(model)
+        if heads:  # channels are the last dim of (B, L, D) activations: _unsafe_layers' dim-1 test does not apply
+            protected.update(heads.keep)
+        else:
+            protected.update(_unsafe_layers(model, example, protected))
         named = dict(model.named_modules())
         pruner = _RoundingPruner(
             model,
@@ -107,10 +121,14 @@ def structured_prune(
             global_pruning=global_pruning,
             ignored_layers=[named[n] for n in protected],
             round_to=round_to,
+            **(dict(num_heads=heads.num_heads, prune_num_heads=True, prune_head_dims=False,
+                    head_pruning_ratio=float(amount)) if heads else {}),
         )
         if importance == "taylor":
             _taylor_gradients(model, data)
         pruner.step()
+        if heads:
+            heads.update()
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             new_shape = tuple(model(example).shape)
@@ -171,7 +189,9 @@ def _taylor_gradients(model: nn.Module, data) -> None:
     param = next(model.parameters())
     model.zero_grad(set_to_none=True)
     try:
-        loss = F.cross_entropy(model(x.to(param.device, param.dtype)), y.to(param.device).long())
+        x = x.to(param.device, param.dtype if x.is_floating_point() else x.dtype)
+        logits, labels = valid_tokens(model(x), y.to(param.device).long())  # token logits: the scored tokens
+        loss = F.cross_entropy(logits, labels)
     except (RuntimeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"taylor importance: the batch x {tuple(x.shape)}, y {tuple(y.shape)} does not fit "

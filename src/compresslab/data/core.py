@@ -257,3 +257,44 @@ def augment(
         mask = torch.rand(x.shape[0], generator=generator, device=dev) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x.contiguous()
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` ``(N, C, H, W)`` cropped to its box and resized back to ``(H, W)``,
+    bilinearly, as one batched ``grid_sample``.
+
+    ``boxes`` ``(N, 4)`` are ``(cx, cy, w, h)`` in the normalised coordinates of
+    ``affine_grid`` (the image spans -1..1, so ``w = h = 1`` and a zero centre is the whole
+    image). Output pixel centres are sampled inside the box; samples past the image edge
+    take the edge value.
+    """
+    n = x.shape[0]
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = boxes[:, 2], boxes[:, 3]
+    theta[:, 0, 2], theta[:, 1, 2] = boxes[:, 0], boxes[:, 1]
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop(x: torch.Tensor, *, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random-resized-crop augmentation (Szegedy et al. 2015) of images ``(N, C, H, W)``, on
+    ``x``'s device (``generator`` must live there too).
+
+    Each example gets a box covering a uniform fraction ``scale`` of the image area, with an
+    aspect ratio (width / height in pixels) drawn log-uniformly from ``ratio`` and a uniform
+    position, resized back to ``(H, W)`` (:func:`resized_crop`). A box that would be wider or
+    taller than the image is clipped to it; torchvision redraws such boxes instead.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"random_resized_crop applies to 2D images (N, C, H, W), got shape {tuple(x.shape)}")
+    n, _, height, width = x.shape
+    u = torch.rand(n, 4, generator=generator, device=x.device)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    lo, hi = torch.log(torch.tensor(ratio, device=x.device))
+    aspect = torch.exp(lo + (hi - lo) * u[:, 1]) * height / width  # as a ratio of normalised sides
+    w = torch.sqrt(area * aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    boxes = torch.stack([(1 - w) * (2 * u[:, 2] - 1), (1 - h) * (2 * u[:, 3] - 1), w, h], dim=1)
+    return resized_crop(x, boxes.to(x.dtype))

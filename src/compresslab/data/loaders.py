@@ -33,6 +33,10 @@ class Raw:
     ``num_classes`` is the dataset's known class count, or ``None`` to infer it.
     ``meta`` is dataset-specific extras for :attr:`Dataset.meta` (numpy arrays in it become
     tensors), e.g. ``{"retrieval": ...}`` from :mod:`compresslab.data.retrieval`.
+    ``x_val`` / ``y_val``: a validation split the files provide (e.g. CoNLL's ``dev.txt``);
+    ``load_dataset`` then uses it instead of carving one from train.
+    Text loaders return int64 token ids ``(N, L)`` and say so in ``meta["text"]``
+    (see :mod:`compresslab.data.text`).
     """
 
     x_train: np.ndarray
@@ -42,6 +46,8 @@ class Raw:
     num_classes: int | None = None
     notes: list[str] = field(default_factory=list)
     meta: dict | None = None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
 
 def carve(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,9 +70,22 @@ def subset(raw: Raw, n: int, seed: int) -> Raw:
     note = (f"subset: {len(train):,} of {len(raw.y_train):,} training and {len(test):,} of "
             f"{len(raw.y_test):,} test examples (smoke run)")
     labels = np.concatenate([raw.y_train, raw.y_test])
+    val = {}
+    if raw.y_val is not None:  # a validation split from the files: at most n of it too
+        _, keep = carve(len(raw.y_val), min(n, len(raw.y_val)), seed + 2)
+        val = {"x_val": raw.x_val[keep], "y_val": raw.y_val[keep]}
+    known = raw.num_classes or (int(labels.max()) + 1 if len(labels) else None)
     return Raw(raw.x_train[train], raw.y_train[train], raw.x_test[test], raw.y_test[test],
-               num_classes=raw.num_classes or (int(labels.max()) + 1 if len(labels) else None),
-               notes=[*raw.notes, note])
+               num_classes=known, notes=[*raw.notes, note], meta=raw.meta, **val)
+
+
+def carve_test(n: int, seed: int, fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, test)`` index arrays: a seeded ``fraction`` of ``range(n)`` (at least one)
+    as a test split, for files that come without one (:func:`carve` with ``seed``)."""
+    count = max(1, round(fraction * n))
+    if count >= n:
+        raise UserError(f"only {n} examples, too few to carve a test split; provide a test file")
+    return carve(n, count, seed)
 
 
 # --------------------------------------------------------------------- mnist1d

@@ -47,6 +47,12 @@ n < 4 unbiased).
 To compare one model (a teacher) with many, :func:`cache_features` runs it once and
 keeps its activations as memory-mapped arrays in a :class:`~compresslab.scratch.Scratch`;
 :func:`cka_against_cached` then gives each other model's :func:`cka_between` numbers.
+
+Token-level inputs: given ``mask`` ``(N, L)`` (nonzero at the valid tokens, e.g.
+``labels != -100`` or an attention mask), every feature point must give per-token
+features ``(b, L, ...)``, and each valid token is one row (its features flattened): the
+representations compared are ``(M, d)`` with M the number of valid tokens
+(:func:`compresslab.data.core.valid_tokens`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compresslab.data.core import valid_tokens
 from compresslab.errors import UserError
 from compresslab.models.features import capture_features, feature_points
 
@@ -79,6 +86,29 @@ def _flat(t, what: str) -> torch.Tensor:
     if t.is_complex():
         raise UserError(f"{what} must be real-valued, got {t.dtype}")
     return t.detach().to("cpu").reshape(t.shape[0], -1)
+
+
+def _token_mask(mask, n: int, x: torch.Tensor) -> torch.Tensor | None:
+    """``mask`` as a bool (n, L) CPU tensor matching the inputs ``x`` (n, L, ...), or None."""
+    if mask is None:
+        return None
+    m = torch.as_tensor(mask.detach() if isinstance(mask, torch.Tensor) else mask).cpu().bool()
+    if m.ndim != 2 or m.shape[0] != n or tuple(x.shape[:2]) != tuple(m.shape):
+        raise UserError(f"mask must have shape (N, L) = {tuple(x.shape[:2])} like the token inputs, got {tuple(m.shape)}")
+    if not bool(m.any()):
+        raise UserError("mask selects no token; CKA needs valid tokens")
+    return m
+
+
+def _rows(feature, keep: torch.Tensor | None, what: str) -> torch.Tensor:
+    """A batch's feature (b, ...) as rows: itself, or with ``keep`` (b, L) its valid tokens (m, ...)."""
+    if keep is None:
+        return feature
+    if not isinstance(feature, torch.Tensor) or feature.ndim < 3 or tuple(feature.shape[:2]) != tuple(keep.shape):
+        shape = tuple(feature.shape) if isinstance(feature, torch.Tensor) else type(feature).__name__
+        raise UserError(f"feature {what!r} is not per token: got {shape} for a batch of token shape "
+                        f"{tuple(keep.shape)}; with a token mask, choose feature points shaped (B, L, D)")
+    return valid_tokens(feature, mask=keep.to(feature.device))[0]
 
 
 def _hsic_u(n: int, t: float, d: float, a: float, b: float, ta: float, tb: float,
@@ -314,6 +344,7 @@ def cka_between(
     pairs: list[tuple[str, str]] | None = None,
     batch_size: int = 500,
     unbiased: bool = True,
+    mask=None,
 ) -> dict[str, dict]:
     """Linear CKA between the activations of two models on the same inputs ``x``.
 
@@ -328,6 +359,9 @@ def cka_between(
     Returns ``{key: {"biased", "unbiased", "n", "dims": [dx, dy], "mode", "cka"}}``
     where key is ``name_a``, or ``"name_a~name_b"`` when the names differ, and
     ``"cka"`` repeats the estimator selected by ``unbiased``.
+
+    ``mask`` ``(N, L)``: token inputs; each valid token is one row (module docstring),
+    and ``"n"`` counts valid tokens.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
@@ -339,7 +373,9 @@ def cka_between(
     names_a = list(dict.fromkeys(a for a, _ in pair_list))
     names_b = list(dict.fromkeys(b for _, b in pair_list))
     n = x.shape[0]
-    accs = {p: LinearCKA(mode="auto", n_hint=n) for p in pair_list}
+    keep = _token_mask(mask, n, x)
+    rows = n if keep is None else int(keep.sum())
+    accs = {p: LinearCKA(mode="auto", n_hint=rows) for p in pair_list}
     same = model_b is model_a
     flags = {m: m.training for model in (model_a, model_b) for m in model.modules()}
     dev_a, dev_b = _device(model_a), _device(model_b)
@@ -358,7 +394,9 @@ def cka_between(
                     for which, feats, name in (("model_a", feats_a, na), ("model_b", feats_b, nb)):
                         if name not in feats:
                             raise UserError(f"feature {name!r} of {which} produced no output in the forward pass")
-                    acc.update(feats_a[na], feats_b[nb])
+                    kb = None if keep is None else keep[start : start + batch_size]
+                    if kb is None or bool(kb.any()):  # a batch of ignored tokens adds no row
+                        acc.update(_rows(feats_a[na], kb, na), _rows(feats_b[nb], kb, nb))
                 feats_a.clear()
                 feats_b.clear()
     finally:
@@ -398,7 +436,7 @@ def _inputs(x, batch_size: int) -> torch.Tensor:
 
 
 def cache_features(model: nn.Module, x, points: list[str] | None, scratch, *, batch_size: int = 500,
-                   prefix: str = "features") -> dict[str, np.memmap]:
+                   prefix: str = "features", mask=None) -> dict[str, np.memmap]:
     """Run ``model`` over ``x`` once and keep its activations at ``points`` in ``scratch``.
 
     ``scratch`` is an open :class:`compresslab.scratch.Scratch`; ``points``
@@ -407,35 +445,49 @@ def cache_features(model: nn.Module, x, points: list[str] | None, scratch, *, ba
     of ``points``; arrays are named ``<prefix>-<i>`` in the scratch. The model runs
     as in :func:`cka_between` (eval mode, no grad, batches of ``batch_size``) and
     each batch is written to the memmap and dropped, so the activations are never
-    all in the process's memory.
+    all in the process's memory. With ``mask`` ``(n, L)`` (token inputs) the arrays hold
+    one row per valid token, in order: (M, d).
     """
     x = _inputs(x, batch_size)
     names = list(dict.fromkeys(points)) if points is not None else list(feature_points(model))
     if not names:
         raise UserError("points must name at least one feature point")
     n, dev = x.shape[0], _device(model)
+    keep = _token_mask(mask, n, x)
+    offsets = _row_offsets(keep, n)
     arrays: dict[str, np.memmap] = {}
     with _eval_mode(model), capture_features(model, names) as feats:
         for start in range(0, n, batch_size):
             model(x[start : start + batch_size].to(dev))
+            kb = None if keep is None else keep[start : start + batch_size]
+            lo = int(offsets[start])
             for i, name in enumerate(names):
                 if name not in feats:
                     raise UserError(f"feature {name!r} produced no output in the forward pass")
-                f = _flat(feats[name], name).to(torch.float32).numpy()
+                if kb is not None and not bool(kb.any()):
+                    continue  # a batch of ignored tokens adds no row
+                f = _flat(_rows(feats[name], kb, name), name).to(torch.float32).numpy()
                 if name not in arrays:
-                    arrays[name] = scratch.array(f"{prefix}-{i}", (n, f.shape[1]), np.float32)
+                    arrays[name] = scratch.array(f"{prefix}-{i}", (int(offsets[-1]), f.shape[1]), np.float32)
                 elif f.shape[1] != arrays[name].shape[1]:
                     raise UserError(f"feature {name!r} changed size between batches: "
                                     f"{arrays[name].shape[1]} then {f.shape[1]}")
-                arrays[name][start : start + f.shape[0]] = f
+                arrays[name][lo : lo + f.shape[0]] = f
             feats.clear()
     for array in arrays.values():
         array.flush()
     return {name: scratch.open(f"{prefix}-{i}") for i, name in enumerate(names)}
 
 
+def _row_offsets(keep: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Row of each example's first valid token in a cache (n + 1 entries; examples: 0..n)."""
+    if keep is None:
+        return torch.arange(n + 1)
+    return torch.cat([torch.zeros(1, dtype=torch.long), keep.sum(1).cumsum(0)])
+
+
 def cka_against_cached(cached: dict[str, np.ndarray], model: nn.Module, x, points: list[str] | None = None, *,
-                       batch_size: int = 500, unbiased: bool = True) -> dict[str, dict]:
+                       batch_size: int = 500, unbiased: bool = True, mask=None) -> dict[str, dict]:
     """Linear CKA between cached activations and ``model``'s on the same inputs ``x``.
 
     ``cached`` comes from :func:`cache_features` (``{point: (n, d) array}``, the
@@ -443,10 +495,14 @@ def cka_against_cached(cached: dict[str, np.ndarray], model: nn.Module, x, point
     ``model``; by default the cached points ``model`` also has, in cached order
     (UserError if none). The result is that of ``cka_between(cached_model, model,
     x, points=points)`` with the same ``batch_size``: the same keys and fields, the
-    same numbers up to float rounding (the cached side is float32).
+    same numbers up to float rounding (the cached side is float32). ``mask``: the token
+    mask the cache was made with (:func:`cache_features`).
     """
     x = _inputs(x, batch_size)
     n = x.shape[0]
+    keep = _token_mask(mask, n, x)
+    offsets = _row_offsets(keep, n)
+    rows = int(offsets[-1])
     if points is None:
         own = feature_points(model)
         names = [p for p in cached if p in own]
@@ -460,17 +516,21 @@ def cka_against_cached(cached: dict[str, np.ndarray], model: nn.Module, x, point
             raise UserError(f"points not cached: {', '.join(missing) or 'none given'}; "
                             f"cached: {', '.join(cached) or 'none'}")
     for p in names:
-        if cached[p].shape[0] != n:
-            raise UserError(f"cached feature {p!r} has {cached[p].shape[0]} examples but x has {n}")
-    accs = {p: LinearCKA(mode="auto", n_hint=n) for p in names}
+        if cached[p].shape[0] != rows:
+            raise UserError(f"cached feature {p!r} has {cached[p].shape[0]} rows but x has {rows} "
+                            f"{'examples' if keep is None else 'valid tokens'}")
+    accs = {p: LinearCKA(mode="auto", n_hint=rows) for p in names}
     dev = _device(model)
     with _eval_mode(model), capture_features(model, names) as feats:
         for start in range(0, n, batch_size):
             model(x[start : start + batch_size].to(dev))
+            kb = None if keep is None else keep[start : start + batch_size]
+            lo, hi = int(offsets[start]), int(offsets[min(start + batch_size, n)])
             for p, acc in accs.items():
                 if p not in feats:
                     raise UserError(f"feature {p!r} of the model produced no output in the forward pass")
-                acc.update(torch.from_numpy(np.array(cached[p][start : start + batch_size])), feats[p])
+                if hi > lo or keep is None:
+                    acc.update(torch.from_numpy(np.array(cached[p][lo:hi])), _rows(feats[p], kb, p))
             feats.clear()
     out = {}
     for p, acc in accs.items():

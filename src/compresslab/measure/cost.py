@@ -6,6 +6,7 @@ the shape of ONE example, without the batch dimension, e.g. ``(1, 40)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -13,9 +14,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from compresslab import torch_ao
 from compresslab.errors import UserError
+from compresslab.ort import example_input
 
 #: Module types whose cost is counted (subclasses included); torch's dynamic-quantised
 #: Linear while torch still has it.
@@ -139,7 +143,13 @@ def layer_costs(
     Counted layers are :data:`COUNTED_LAYERS` (Conv1d, Conv2d, Linear and their
     subclasses, dynamic-quantised Linear) and any module with ``macs_per_position()``
     and ``c_out`` (the structured pointwise maps of ``models.linear_subs``; their
-    ``fan_in`` is MACs per output element and their sparsity 0). Returns one dict per
+    ``fan_in`` is MACs per output element and their sparsity 0). A model that declares
+    ``activation_matmuls = True`` (a transformer from Hugging Face, timm or torchvision)
+    or holds a transformers model gets one more row last,
+    ``"(matmuls between activations)"``: the attention matmuls and any other matmul
+    outside those layers, counted by torch's flop-counter formulas (``fan_in`` None;
+    embedding lookups, norms and softmax are not counted). The example is zeros, or token
+    ids for a model that takes them. Returns one dict per
     layer that ran, in module order, with keys:
 
     - ``name``: module path; ``type``: class name
@@ -177,10 +187,11 @@ def layer_costs(
         rec["outputs"] += m
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if _counted(m)]
+    matmuls = _ActivationMatmuls(model) if _multiplies_activations(model) else None
     try:
         device, dtype = _device_dtype(model)
-        with _TrainingFlags(model), torch.no_grad():
-            _forward(model, torch.zeros((1, *shape), device=device, dtype=dtype))
+        with _TrainingFlags(model), torch.no_grad(), matmuls or contextlib.nullcontext():
+            _forward(model, example_input(model, shape, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
@@ -199,7 +210,81 @@ def layer_costs(
         rec.update(weight_bits=int(b_w), act_bits=int(b_a),
                    bops=float(m * n * ((1 - s) * b_a * b_w + b_a + b_w + math.log2(n))))
         rows.append(rec)
+    if matmuls is not None and matmuls.macs:
+        rows.append(matmuls.row(act_bits))
     return rows
+
+
+def _multiplies_activations(model: nn.Module) -> bool:
+    """Whether ``model`` declares ``activation_matmuls`` or holds a transformers model (a
+    module with ``config`` and ``base_model_prefix``, e.g. inside a live-API wrapper)."""
+    return bool(getattr(model, "activation_matmuls", False)) or any(
+        hasattr(m, "base_model_prefix") and hasattr(m, "config") for m in model.modules())
+
+
+# Attention kernels torch's flop counter has no formula for (the CPU flash kernel): the
+# same count as its other scaled-dot-product kernels, from the query, key and value shapes.
+_EXTRA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: "sdpa"}
+
+
+class _ActivationMatmuls(TorchDispatchMode):
+    """Counts the multiply-accumulates of matmuls that run outside every counted layer
+    (attention scores ``Q K^T`` and ``softmax(...) V``, MultiheadAttention's functional
+    projections), by the formulas of ``torch.utils.flop_counter`` (MACs = flops / 2).
+
+    Used for models that declare ``activation_matmuls = True`` (Hugging Face, timm and
+    torchvision models): the hooks of :func:`layer_costs` see Conv/Linear modules only.
+    Operators inside a counted layer are skipped, so nothing is counted twice."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.depth, self.flops, self.outputs = model, 0, 0, 0
+        self.handles: list = []
+
+    def __enter__(self):
+        def enter(*_):
+            self.depth += 1
+
+        def leave(*_):
+            self.depth -= 1
+
+        for m in self.model.modules():
+            if _counted(m):
+                self.handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth == 0:
+            if func in _EXTRA_FLOPS:
+                q, k, v = (tuple(t.shape) for t in args[:3])
+                flops = flop_counter.sdpa_flop_count(q, k, v)
+            elif func.overloadpacket in flop_counter.flop_registry:
+                flops = flop_counter.flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
+            else:
+                return out
+            first = out[0] if isinstance(out, (tuple, list)) else out
+            self.flops += int(flops)
+            self.outputs += first.numel() // max(first.shape[0], 1) if first.dim() else 1
+        return out
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+    def row(self, act_bits: int) -> dict:
+        """One row for every such matmul: both operands are activations, at ``act_bits``
+        (its BOPs count the products, ``macs * act_bits^2``)."""
+        return {"name": "(matmuls between activations)", "type": "matmul", "macs": self.macs,
+                "fan_in": None, "outputs": self.outputs, "sparsity": 0.0, "weight_bits": int(act_bits),
+                "act_bits": int(act_bits), "bops": float(self.macs * act_bits * act_bits)}
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -226,7 +311,8 @@ def latency(
 ) -> dict[str, float]:
     """Median milliseconds per forward pass, keyed ``"batch<size>"``, on the model's device.
 
-    Runs in eval mode under ``torch.inference_mode`` on random input, after
+    Runs in eval mode under ``torch.inference_mode`` on random input (token ids for a
+    model that takes them, see :func:`compresslab.ort.example_input`), after
     ``warmup`` untimed calls. Without ``repeats``, the count is chosen so each
     batch size is timed for about ``min_time`` seconds (at least 5 calls, at
     most 10 000). On CUDA each call is timed by CUDA events around it (the GPU's own
@@ -242,7 +328,7 @@ def latency(
     result: dict[str, float] = {}
     with _TrainingFlags(model), torch.inference_mode():
         for bs in batch_sizes:
-            x = torch.randn((int(bs), *shape), device=device, dtype=dtype)
+            x = example_input(model, shape, int(bs), random=True, device=device, dtype=dtype)
             _forward(model, x)
             for _ in range(max(warmup - 1, 0)):
                 model(x)

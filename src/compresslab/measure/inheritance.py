@@ -16,7 +16,7 @@ import torch
 from scipy import stats as _sps
 
 from compresslab.errors import UserError
-from compresslab.measure.function import _pair, js_divergence
+from compresslab.measure.function import _flatten, _pair, js_divergence
 from compresslab.measure.stats import _fmt_p, holm, summarize
 
 #: Above this many seeds the sign-flip test is Monte Carlo instead of exact (2^16 = 65536 flips).
@@ -48,8 +48,12 @@ def split_by_correctness(reference, other, labels) -> dict:
     * ``js_right``, ``js_wrong``: mean JS divergence (nats, :func:`function.js_divergence`)
       between the two softmax outputs on each subset.
 
+    Token-level logits ``(N, L, K)`` with labels ``(N, L)`` count each valid token (label
+    not -100) as one example (:func:`compresslab.measure.function.compare_logits`).
+
     A fraction or mean over an empty subset is None. Bad shapes or labels raise :class:`UserError`.
     """
+    (reference, other), labels = _flatten(reference, other, labels=labels)
     ref, oth = _pair(reference, other)
     n, k = ref.shape
     y = torch.as_tensor(labels.detach() if isinstance(labels, torch.Tensor) else labels).cpu()

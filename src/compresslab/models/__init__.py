@@ -6,7 +6,7 @@
 ...     m(x)
 """
 
-from . import braggnn, cnn1d, convnet, embedding, lenet, mlp, resnet, searched, sequence, soft_tree, wrn  # noqa: F401  (register the families)
+from . import braggnn, cnn1d, convnet, embedding, hf, lenet, mlp, resnet, searched, sequence, soft_tree, wrn  # noqa: F401  (register the families)
 from .features import capture_features, feature_points
 from .registry import (
     build_from_config,

@@ -6,7 +6,13 @@ A model name is one of
 * a pattern name (``register_pattern``), e.g. ``"wrn-40-2"``, whose numbers become
   fixed keyword arguments of the factory;
 * a user model ``"package.module:factory"``: the module is imported and
-  ``factory(num_classes=..., in_channels=..., **options)`` is called.
+  ``factory(num_classes=..., in_channels=..., **options)`` is called;
+* a model from the ecosystem, ``hf:DIR``, ``hf-config:FILE.json``, ``timm:NAME`` or
+  ``torchvision:NAME`` (see :mod:`compresslab.models.hf`).
+
+A factory may leave a dict ``compresslab_record`` on the model it returns: its entries
+join the recorded options (e.g. the Hugging Face config, so a checkpoint of ``hf:DIR``
+rebuilds without the directory).
 
 ``create_model`` validates the options against the factory's signature (types via
 pydantic, so ``"64"`` becomes ``64`` for an ``int`` option) and stores
@@ -78,7 +84,8 @@ def list_models(include_patterns: bool = False) -> list[str]:
 
 
 def _known_names() -> str:
-    return ", ".join(list_models(include_patterns=True) + ["package.module:factory"])
+    return ", ".join(list_models(include_patterns=True) + ["hf:DIR", "hf-config:FILE.json", "timm:NAME",
+                                                           "torchvision:NAME", "package.module:factory"])
 
 
 def _import_factory(name: str) -> Factory:
@@ -102,6 +109,11 @@ def _resolve(name: str) -> tuple[str, Factory, dict[str, Any]]:
     """Return (recorded name, factory, fixed kwargs) for a model name."""
     if not isinstance(name, str) or not name:
         raise UserError(f"model name must be a non-empty string, got {name!r}; known: {_known_names()}")
+    from .hf import prefixed_factory  # hf:DIR, hf-config:FILE, timm:NAME, torchvision:NAME (not module:factory)
+
+    prefixed = prefixed_factory(name)
+    if prefixed is not None:
+        return name, *prefixed
     if ":" in name:
         return name, _import_factory(name), {}
     for key in (name, name.lower()):
@@ -267,6 +279,8 @@ def create_model(
                         f"check the sizes: {describe_options(key)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model {key!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    # what the factory needs to rebuild the model without its source (an HF config dict)
+    recorded.update(model.__dict__.pop("compresslab_record", None) or {})
     model.compresslab_config = {
         "name": key,
         "num_classes": num_classes,

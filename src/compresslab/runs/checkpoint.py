@@ -63,6 +63,8 @@ def load_checkpoint(directory: str | Path, *, apply_transforms: bool = True) -> 
     directory = Path(directory)
     cfg = read_model_json(directory)
     model = apply_structure(build_from_config(cfg["model"]), cfg.get("structure") or {})
+    if callable(getattr(model, "sync_structure", None)):  # e.g. attention head counts after pruned heads
+        model.sync_structure()
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"{weights}: file not found; the checkpoint is incomplete, re-create it")

@@ -3,6 +3,8 @@
 Every model step ends the same way (:func:`finish_model`): checkpoint, cached logits
 per split, and ``metrics.json`` (accuracy per split, or on regression data
 ``centre_error_px``: the mean Euclidean distance of outputs to targets; cost, training history).
+On token-level data the cached logits are ``(N, L, K)`` and accuracy is the fraction of
+valid tokens (label not -100) predicted right.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import torch
 
 from compresslab import device as devices
 from compresslab.data import Dataset, load_dataset
+from compresslab.data.core import valid_tokens
 from compresslab.errors import UserError
 from compresslab.measure import cost_report
 from compresslab.measure.function import mean_distance
 from compresslab.models import create_model
+from compresslab.models.hf import check_text_model, text_model_options
 from compresslab.runs.checkpoint import load_checkpoint, read_model_json, save_checkpoint
 from compresslab.runs.store import Step, read_json, write_json
 from compresslab.train import Recipe, evaluate_logits
@@ -57,10 +61,16 @@ def step_device() -> torch.device:
 
 
 def build(model_spec: dict, data: Dataset, seed: int) -> torch.nn.Module:
-    """``{"name", "options"}`` built for ``data``, initialised from ``seed``."""
+    """``{"name", "options"}`` built for ``data``, initialised from ``seed``. On text data the
+    model also gets the data's ``vocab_size``, ``pad_id`` and sequence ``head`` when it takes
+    them and the spec does not set them, and a model that cannot embed the data's token ids
+    is refused (:mod:`compresslab.models.hf`)."""
     torch.manual_seed(seed)
-    return create_model(model_spec["name"], num_classes=data.num_classes, in_channels=data.in_channels,
-                        input_shape=data.input_shape, **model_spec["options"])
+    options = text_model_options(model_spec["name"], data.text, model_spec["options"])
+    model = create_model(model_spec["name"], num_classes=data.num_classes, in_channels=data.in_channels,
+                         input_shape=data.input_shape, **options)
+    check_text_model(model, data.text)
+    return model
 
 
 def data_seed(spec: dict) -> int:
@@ -133,12 +143,24 @@ def finish_model(out: Path, model: torch.nn.Module, data: Dataset, *, transforms
             metrics[score][split] = None
         elif data.task == "regression":
             metrics[score][split] = mean_distance(logits, y.cpu())
-        else:
-            metrics[score][split] = float((logits.argmax(1) == y.cpu()).float().mean())
-    metrics["cost"] = cost_report(model, data.input_shape, layer_bits=layer_bits or None)
+        else:  # token-level: over the valid tokens
+            scored, y = valid_tokens(logits, y.cpu())
+            metrics[score][split] = float((scored.argmax(-1) == y).float().mean()) if len(y) else None
+    metrics["cost"] = _cost(model, data, layer_bits)
     metrics["runtime"] = devices.record(devices.model_device(model), precision)
     metrics.update(extra or {})
     write_json(out / "metrics.json", metrics)
+
+
+def _cost(model: torch.nn.Module, data: Dataset, layer_bits) -> dict:
+    """:func:`cost_report` at the data's input shape. Token-id inputs that its (float) probe
+    input cannot feed get the counts that need no input (``macs`` and ``bops`` None)."""
+    try:
+        return cost_report(model, data.input_shape, layer_bits=layer_bits or None)
+    except (UserError, RuntimeError, TypeError, IndexError):
+        if data.x_train.is_floating_point():
+            raise
+        return cost_report(model, None, layer_bits=layer_bits or None)
 
 
 def checkpoint_step(checkpoint: Path) -> Step:

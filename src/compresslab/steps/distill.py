@@ -26,7 +26,8 @@ def make_teacher(s: dict, data: Dataset, parents: dict):
         return build(t["model"], data, t["seed"]).eval()
     if t["kind"] in NOISE_KINDS:
         params = {k: v for k, v in t.items() if k in ("low", "high", "sigma", "seed")}
-        return noise_logits(t["kind"], data.x_train.shape[0], data.num_classes, **params)
+        return noise_logits(t["kind"], data.x_train.shape[0], data.num_classes, **params,
+                            tokens=data.y_train.shape[1] if data.token_level else None)
     raise ValueError(f"unknown teacher kind {t['kind']!r}")
 
 

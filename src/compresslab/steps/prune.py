@@ -5,24 +5,22 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from compresslab.compress.prune import METHODS, apply_masks, prunable_parameters, prune, sparsity_report
+from compresslab.compress.prune import (
+    METHODS,
+    apply_masks,
+    prunable_parameters,
+    prune,
+    resolve_amount,
+    sparsity_report,
+)
 from compresslab.data import Dataset
 from compresslab.errors import UserError
-from compresslab.measure.weights import param_cosine, prunability
+from compresslab.measure.weights import param_cosine
 from compresslab.runs.checkpoint import load_checkpoint
 from compresslab.runs.store import Step
 from compresslab.steps.common import data_of, finish_model, history, parent_model, step_device
 from compresslab.steps.registry import register_step
 from compresslab.train import Recipe, fit
-
-
-def resolve_amount(amount, model, scope: str) -> tuple[float, dict | None]:
-    """A number, or ``"p_star"`` / ``"safe"`` read off the parent's weights (data-free)."""
-    if not isinstance(amount, str):
-        return float(amount), None
-    report = prunability(model, scope=scope)
-    key = {"p_star": "p_star", "safe": "safe_amount"}[amount]
-    return report[key], {k: report[k] for k in ("p_star", "safe_amount", "kurtosis_of_kurtoses")}
 
 
 def _taylor_batch(s: dict, data: Dataset, n: int = 128):

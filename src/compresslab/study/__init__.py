@@ -5,7 +5,7 @@
 
 Kinds: the plain study (no ``kind``), ``kurtosis``, ``kd-functional``, ``moonshine``,
 ``linear-substitution``, ``compression-functional``, ``blockswap``, ``embedding-compression``,
-``dataset-distillation``, ``data-pruning`` and ``distilled-pruning``; add one with
+``dataset-distillation``, ``data-pruning``, ``distilled-pruning`` and ``ner-distill``; add one with
 :func:`register_study_kind` (see :mod:`compresslab.study.kinds`).
 """
 from compresslab.study import (  # noqa: F401  (register the built-in kinds)
@@ -19,6 +19,7 @@ from compresslab.study import (  # noqa: F401  (register the built-in kinds)
     kurtosis,
     linear_substitution,
     moonshine,
+    ner_distill,
     plain,
 )
 from compresslab.study.kinds import Entry, list_study_kinds, register_study_kind, run_kind, study_kind

@@ -171,7 +171,8 @@ def measure(spec: CompressionFunctionalSpec, store: RunStore, reps: dict[int, li
                 row = {"name": e.name, "family": fam, "seed": seed, "step": d.name,
                        "accuracy": metrics["accuracy"][spec.split], "cost": cost,
                        "compression_ratio": parent_bits / max(1, cost["nonzero_bytes"]),
-                       "function": compare_logits(parent_logits, logits := np.load(d / f"logits_{spec.split}.npy"))}
+                       "function": compare_logits(parent_logits, logits := np.load(d / f"logits_{spec.split}.npy"),
+                                                   y if data.token_level else None)}
                 if e.role != "parent":
                     row["by_correctness"] = split_by_correctness(parent_logits, logits, y.cpu().numpy())
                 if e.method == "distill" and spec.student_from_scratch:

@@ -98,6 +98,7 @@ def collect(spec: StudySpec, entries: list[Entry], store: RunStore, progress=Non
     split = spec.split
     data = data_of(entries[0].step.spec)
     parent_logits = np.load(store.path(entries[0].step) / f"logits_{split}.npy")
+    scored = data.split(split)[1] if data.token_level else None  # per token: only labelled tokens count
     models = []
     for e in entries:
         d = store.path(e.step)
@@ -110,7 +111,7 @@ def collect(spec: StudySpec, entries: list[Entry], store: RunStore, progress=Non
         row = {
             "name": e.name, "role": e.role, "method": e.method, "step": d.name,
             "accuracy": metrics["accuracy"][split], "accuracy_val": metrics["accuracy"].get("val"),
-            "cost": cost, "function": compare_logits(parent_logits, logits),
+            "cost": cost, "function": compare_logits(parent_logits, logits, scored),
             "train_seconds": metrics.get("train_seconds"),
         }
         if "sparsity" in metrics:

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compresslab.data.core import Dataset, augment, batches, pk_order, stream_batches
+from compresslab.data.core import IGNORE_INDEX, Dataset, augment, batches, pk_order, random_resized_crop, stream_batches, valid_tokens
+from compresslab.data.stream import LazyImages, loader_batches
 from compresslab.device import model_device, precision_flags
 from compresslab.errors import UserError
 from compresslab.train.losses import Loss, StepContext, Term, compose_loss
@@ -35,7 +36,8 @@ from compresslab.train.recipe import Recipe
 class FitResult:
     """What ``fit`` did: one history entry per epoch (``epoch``, ``loss``, ``acc``,
     ``seconds``, ``samples_per_s``; training-mode running values; on regression data
-    ``error``, the mean Euclidean distance of outputs to targets, instead of ``acc``), wall
+    ``error``, the mean Euclidean distance of outputs to targets, instead of ``acc``; on
+    token-level data ``acc`` is the fraction of valid tokens, label not -100, predicted right), wall
     seconds, and the number of optimizer steps taken."""
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -149,15 +151,24 @@ def _event_score(total: torch.Tensor, seen: int, regression: bool) -> dict[str, 
     return {"acc": float("nan"), **score} if regression else score
 
 
-def _sum_over_ranks(loss_sum: float, correct: torch.Tensor, seen: int) -> tuple[float, torch.Tensor, int]:
-    """Epoch totals over every rank of the initialised process group (unchanged without one)."""
+def _sum_over_ranks(loss_sum: float, correct: torch.Tensor, seen: int,
+                    scored: torch.Tensor | None = None) -> tuple[float, torch.Tensor, int, torch.Tensor | None]:
+    """Epoch totals over every rank of the initialised process group (unchanged without one);
+    ``scored`` (token-level data: the valid tokens counted) is summed too when given."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return loss_sum, correct, seen
-    sums = torch.tensor([loss_sum, float(correct), float(seen)], dtype=torch.float64)
+        return loss_sum, correct, seen, scored
+    sums = torch.tensor([loss_sum, float(correct), float(seen), float(scored if scored is not None else 0)],
+                        dtype=torch.float64)
     dist.all_reduce(sums)
-    return float(sums[0]), sums[1], int(sums[2])
+    return float(sums[0]), sums[1], int(sums[2]), (None if scored is None else sums[3])
+
+
+def _count(seen: int, scored: torch.Tensor | None) -> int:
+    """What an epoch's accuracy divides by: examples, or on token-level data the valid tokens
+    (at least 1, so an epoch of ignored tokens scores 0 rather than failing)."""
+    return seen if scored is None else max(1, int(scored))
 
 
 def fit(
@@ -253,6 +264,7 @@ def fit(
     else:
         loss_fn = compose_loss(loss or default_loss(data), terms, label_smoothing=recipe.label_smoothing)
     regression = data.task == "regression"
+    token = data.token_level  # labels (N, L): accuracy counts the valid tokens
 
     x, y = data.x_train, data.y_train
     if stream is None:
@@ -279,8 +291,12 @@ def fit(
     total_steps = recipe.epochs * steps_per_epoch
     if max_steps is not None:
         total_steps = min(total_steps, max(0, max_steps))
-    crop = recipe.crop_padding if recipe.augment != "none" else 0
-    flip = recipe.augment == "crop-flip" and x.dim() == 4
+    if recipe.augment.startswith("rrc") and x.dim() != 4:
+        raise UserError(f"recipe: augment: {recipe.augment!r} needs 2-D images, got examples of shape "
+                        f"{tuple(x.shape[1:])}; use crop or crop-flip")
+    rrc = recipe.augment.startswith("rrc")
+    crop = recipe.crop_padding if recipe.augment in ("crop", "crop-flip") else 0
+    flip = recipe.augment.endswith("-flip") and x.dim() == 4
     fast = recipe.precision == "fast"
     channels_last = fast and x.dim() == 4
     bf16 = fast and (device.type == "cuda" or (device.type == "cpu" and native_bf16()))
@@ -333,11 +349,14 @@ def fit(
                 loss_sum = 0.0
                 # correct predictions (regression: summed distances to the targets), read back at epoch end
                 correct = torch.zeros((), dtype=torch.float32 if regression else torch.long, device=device)
+                scored = torch.zeros((), dtype=torch.long, device=device) if token else None  # valid tokens seen
                 window: list[tuple[torch.Tensor, int, int, int]] = []  # CUDA: (loss, batch, step, global step)
                 if recipe.sampler == "pk":  # class-balanced runs, drawn on the CPU
                     order = pk_order(y, bs, recipe.pk_instances, steps_per_epoch, generator=cpu_gen)
                     epoch_batches = ((i.to(device), x[i.to(x.device)].to(device), y[i.to(y.device)].to(device))
                                      for i in order.split(bs))
+                elif isinstance(x, LazyImages):  # images on disk: decoded by DataLoader workers, same order
+                    epoch_batches = loader_batches(x, y, bs, device, generator=cpu_gen)
                 else:
                     epoch_batches = (stream_batches(x, y, bs, device, generator=cpu_gen) if stream
                                      else batches(x, y, bs, shuffle=True, generator=gen))
@@ -345,7 +364,9 @@ def fit(
                     if shard is not None and yb.shape[0] < world:
                         break  # a tail batch too small to split: every rank drops it
                     global_step += 1
-                    if crop or flip:  # of the whole batch, so every rank's generator stays in step
+                    if rrc:  # of the whole batch, so every rank's generator stays in step
+                        xb = random_resized_crop(xb, generator=gen)
+                    if crop or flip:
                         xb = augment(xb, crop_padding=crop, flip=flip, generator=gen)
                     weight = 1.0
                     if shard is not None:
@@ -388,6 +409,10 @@ def fit(
                     seen += nb
                     if regression:
                         correct.add_(torch.linalg.vector_norm(logits.detach() - yb, dim=1).sum())
+                    elif token:
+                        keep = yb != IGNORE_INDEX
+                        correct.add_(((logits.detach().argmax(-1) == yb) & keep).sum())
+                        scored.add_(keep.sum())
                     else:
                         correct.add_((logits.detach().argmax(1) == yb).sum())
                     last = global_step >= total_steps or step == steps_per_epoch
@@ -396,7 +421,7 @@ def fit(
                         loss_sum += summed
                     if callback is not None and (check_every == 1 or not window):
                         callback({"event": "step", "epoch": epoch, "step": step, "loss": loss_v,
-                                  **_event_score(correct, seen, regression),
+                                  **_event_score(correct, _count(seen, scored), regression),
                                   "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9)})
                     if global_step >= total_steps:
                         break
@@ -404,12 +429,12 @@ def fit(
                     loss_sum += _drain(window, epoch)[0]
                 seconds = time.perf_counter() - t0
                 if shard is not None:
-                    loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, seen)
-                record = {"epoch": epoch, "loss": loss_sum / seen, **_score(correct, seen, regression),
+                    loss_sum, correct, seen, scored = _sum_over_ranks(loss_sum, correct, seen, scored)
+                record = {"epoch": epoch, "loss": loss_sum / seen, **_score(correct, _count(seen, scored), regression),
                           "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9)}
                 history.append(record)
                 if callback is not None:
-                    callback({"event": "epoch", **record, **_event_score(correct, seen, regression)})
+                    callback({"event": "epoch", **record, **_event_score(correct, _count(seen, scored), regression)})
                 if global_step >= total_steps:
                     break
                 if (health and not judged and recipe.epochs > len(history) >= HEALTH_EPOCHS
@@ -442,7 +467,8 @@ def _drain(window: list[tuple[torch.Tensor, int, int, int]], epoch: int) -> tupl
 
 def evaluate_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """float32 logits of ``model`` on ``x`` in eval mode (the train/eval flag is restored).
-    Batches run on the model's device; the logits come back on ``x``'s."""
+    Batches run on the model's device; the logits come back on ``x``'s. ``x`` may be token
+    ids (int64 ``(N, L)``); a token classifier's logits are then ``(N, L, K)``."""
     was_training = model.training
     model.eval()
     dev = model_device(model)
@@ -458,8 +484,11 @@ def evaluate_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` (``nan`` for an empty split)."""
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (``nan`` for an empty split); with token
+    labels ``(N, L)``, the fraction of valid tokens (label not -100) predicted right."""
     if y.shape[0] == 0:
         return float("nan")
-    logits = evaluate_logits(model, x, batch_size)
-    return float((logits.argmax(1) == y).float().mean())
+    logits, y = valid_tokens(evaluate_logits(model, x, batch_size), y)
+    if y.shape[0] == 0:
+        return float("nan")
+    return float((logits.argmax(-1) == y).float().mean())

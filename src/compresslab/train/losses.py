@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compresslab.data.core import valid_tokens
 from compresslab.errors import UserError
 
 
@@ -102,7 +103,11 @@ def require_teacher(signal: Any, name: str) -> Any:
 
 
 class CrossEntropy:
-    """The ``ce`` term: cross-entropy against the labels, with optional label smoothing."""
+    """The ``ce`` term: cross-entropy against the labels, with optional label smoothing.
+
+    Token-level data (logits ``(B, L, K)``, labels ``(B, L)``): the mean over the batch's
+    valid tokens (label not -100, :func:`~compresslab.data.core.valid_tokens`), each token
+    one example; a batch without any valid token contributes 0."""
 
     feature_points: list[str] = []
 
@@ -113,7 +118,10 @@ class CrossEntropy:
         if ctx.y.is_floating_point():
             raise UserError("loss: the 'ce' term needs class labels, and this dataset has regression targets; "
                             "use the 'mse' term (the default for regression data)")
-        return F.cross_entropy(ctx.logits, ctx.y, label_smoothing=self.label_smoothing)
+        logits, y = valid_tokens(ctx.logits, ctx.y)
+        if y.shape[0] == 0 and ctx.y.ndim == 2:  # every token of the batch ignored
+            return ctx.logits.sum() * 0.0
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
 
 @register_term("ce")

@@ -66,7 +66,9 @@ class Recipe(BaseModel):
     epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
     batch_size: int = Field(128, ge=1, le=2**20)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: Literal["none", "crop", "crop-flip"] = "none"
+    augment: Literal["none", "crop", "crop-flip", "rrc", "rrc-flip"] = Field(
+        "none", description="crop: zero-pad by crop_padding and crop back; rrc: random-resized-crop (8-100% of "
+        "the area, aspect 3/4-4/3, resized back; 2-D images only); -flip adds a horizontal flip")
     crop_padding: int = Field(4, ge=0)
     precision: Literal["fp32", "tf32", "fast"] = Field(
         "fp32", description="fp32 (true fp32, TF32 off), tf32 (TF32 matmuls on CUDA), or fast (bf16 autocast + "
