@@ -447,6 +447,24 @@ def test_full_disk_fails_in_one_line_then_rerun_completes(disk, clean, tmp_path)
             subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def test_a_full_disk_while_the_report_is_written_is_one_line(tmp_path):
+    import errno
+
+    from pydantic import BaseModel
+
+    from compresslab.study.kinds import publish
+
+    class Spec(BaseModel):
+        name: str = "full"
+
+    def report(results, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with pytest.raises(StoreError, match=r"is full \(.* MiB free\) writing .*report\.html") as e:
+        publish(Spec(), RunStore(tmp_path / "runs"), {}, {}, report)
+    assert e.value.full and "\n" not in str(e.value)
+
+
 def test_disk_full_is_recognised_from_errno_rust_and_numpy_errors(tmp_path):
     from compresslab.runs.store import RunStore
 

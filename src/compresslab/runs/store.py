@@ -250,7 +250,7 @@ class RunStore:
                 pid = -1
             if pid <= 0 or not pid_alive(pid):
                 shutil.rmtree(d, ignore_errors=True)
-        for f in self.root.glob("studies/*/.*.tmp"):  # write_json's temp files (results.json) of killed runs
+        for f in self.root.glob("studies/*/.*.tmp"):  # temp files of killed runs: results.json (write_json), report.html (write_page)
             with contextlib.suppress(IndexError, ValueError):
                 if not pid_alive(int(f.name.split(".")[-2])):
                     f.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from compresslab import device as devices
 from compresslab.errors import StudyIncomplete, UserError
-from compresslab.runs.store import RunStore, Step, canonical_json, write_json
+from compresslab.runs.store import RunStore, Step, canonical_json, disk_full, full_error, write_json
 from compresslab.steps import build, check_step, data_of
 from compresslab.steps.executor import execute
 
@@ -149,7 +149,12 @@ def publish(spec: BaseModel, store: RunStore, results: dict, ran: dict[str, bool
     out.mkdir(parents=True, exist_ok=True)
     results["store"] = store.location
     write_json(out / "results.json", results, sort_keys=False)  # the order the kind reports in
-    report(results, out / "report.html")
+    try:
+        report(results, out / "report.html")  # atomically (report.page.write_page)
+    except OSError as e:
+        if disk_full(e):  # one line, as for the store's own files
+            raise full_error(f"the filesystem of {out}", out, str(out / "report.html")) from None
+        raise
     if store.remote:  # shared stores get the study's outputs too
         store.upload_dir(out, f"studies/{out.name}")
     return out
