@@ -20,26 +20,15 @@ import argparse
 import glob
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+from compile_cpu import cpu_name  # the sibling benchmark (this script's directory is on sys.path)
 
 from compresslab.train import native_bf16
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_study(study_args: list[str], workers: int | None) -> dict:
