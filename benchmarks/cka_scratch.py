@@ -111,7 +111,7 @@ def kd_part(rounds: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cka-scratch-kd-") as runs:
         t_study, (results, _) = timed(lambda: run_kind(spec, runs))
         store = RunStore(runs)
-        reference, *others = expand_kd(spec)
+        reference, *others = [e for e in expand_kd(spec) if e.role != "measure"]
         x, _ = data_of(reference.step.spec).split(spec.split)
         teacher, _ = load_checkpoint(store.path(reference.step))
         models = [load_checkpoint(store.path(e.step))[0] for e in others]
@@ -141,7 +141,7 @@ def kd_part(rounds: int) -> None:
               f"points {', '.join(old[0])}; whole study {t_study:.1f} s")
         report("CKA of all models against the teacher:", times, "before: cka_between")
         print(f"  max |CKA after - before| {diff:.1e}; "
-              f"study results (measure_students) vs cka_between {diff_study:.1e}")
+              f"study results (its similarity steps) vs cka_between {diff_study:.1e}")
 
 
 def main() -> None:

@@ -4,15 +4,16 @@ Usage: python benchmarks/executor_scaling.py [--preset kd-functional | --spec FI
 
 Runs the study from an empty run store (a fresh temp directory per run) as a subprocess,
 ``python -m compresslab.cli study ... --runs TMP --quiet --json``, timed by wall clock:
-first the in-process default (no ``--workers``) as the baseline, then each worker count
-that this machine has the cores for (counts above ``os.cpu_count()`` are skipped and
-listed: their figures need a larger machine). ``--workers 1`` takes the same in-process
-path as the default (one process, ``cpu_count`` torch threads per step); ``--workers N``
-spawns N processes with ``cpu_count // N`` threads each. Speed-up is against the 1-worker
-run (else the baseline; else none); parallel efficiency = speed-up / workers.
-Issue 19's goal: at least 70% at 8 workers on a preset with 30 or more independent steps.
-Steps = the study's entries (``steps.ran`` + ``steps.reused`` in results.json). Runs are
-sequential; other processes on the machine distort everything: check the load average.
+first the default, ``--workers auto``, as the baseline (the workers it chose, from
+results.json's ``execution``, are shown), then each worker count that this machine has the
+cores for (counts above the cores are skipped and listed: their figures need a larger
+machine). ``--workers 1`` runs the steps in the command's own process; ``--workers N``
+spawns N processes. Under every setting a step's torch threads come from its size, at most
+``cores // N`` (:mod:`compresslab.steps.plan`). Speed-up is against the 1-worker run (else
+the baseline; else none); parallel efficiency = speed-up / workers. Issue 19's goal: at
+least 70% at 8 workers on a preset with 30 or more independent steps. Steps = the study's
+entries (``steps.ran`` + ``steps.reused`` in results.json). Runs are sequential; other
+processes on the machine distort everything: check the load average.
 """
 from __future__ import annotations
 
@@ -43,12 +44,13 @@ def run_study(study_args: list[str], workers: int | None) -> dict:
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
         found = glob.glob(os.path.join(runs, "studies", "*", "results.json"))
-        steps = {}
+        results = {}
         if found:
             with open(found[0]) as f:
-                steps = json.load(f).get("steps") or {}
-    return {"workers": workers, "wall_s": wall, "steps": len(steps.get("ran", [])) + len(steps.get("reused", [])),
-            "ran": len(steps.get("ran", []))}
+                results = json.load(f)
+    steps = results.get("steps") or {}
+    return {"workers": (results.get("execution") or {}).get("workers", workers), "wall_s": wall,
+            "steps": len(steps.get("ran", [])) + len(steps.get("reused", [])), "ran": len(steps.get("ran", []))}
 
 
 def main() -> None:
@@ -73,7 +75,7 @@ def main() -> None:
 
     rows = []
     if not args.no_baseline:
-        rows.append({**run_study(study_args, None), "run": "in-process default"})
+        rows.append({**run_study(study_args, None), "run": "--workers auto"})
     for w in counts:
         rows.append({**run_study(study_args, w), "run": f"--workers {w}"})
     one = next((r for r in rows if r["workers"] == 1), next((r for r in rows if r["workers"] is None), None))

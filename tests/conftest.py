@@ -47,18 +47,6 @@ def tiny_study(tmp_path):
     return path
 
 
-#: results.json keys that measure the run, not the study (wall times; where the store is).
-VOLATILE = {"seconds", "train_seconds", "store"}
-
-
-def deterministic(results: dict) -> dict:
-    """A study's ``results.json`` without wall times and the store's location, ``steps`` as the
-    step dirs (not which ran or were reused): what two runs of one spec must share exactly."""
-    def strip(o):
-        if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items() if k not in VOLATILE}
-        return [strip(v) for v in o] if isinstance(o, list) else o
-
-    out = strip(results)
-    out["steps"] = out["steps"]["dirs"]
-    return out
+#: ``deterministic(results)``: a study's results.json without wall times, latencies, the store's
+#: location and how it ran, ``steps`` as the step dirs: what two runs of one spec must share exactly.
+from compresslab.study.kinds import deterministic  # noqa: E402,F401

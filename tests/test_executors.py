@@ -73,7 +73,8 @@ def test_local_workers_resume_and_match_sequential_threads(capsys, spec, tmp_pat
 
 @pytest.mark.parametrize("args,needle", [
     (["--executor", "dask"], "use local or ray"),
-    (["--workers", "0"], "must be >= 1"),
+    (["--workers", "0"], "use auto or an integer >= 1"),
+    (["--workers", "many"], "use auto or an integer >= 1"),
     (["--ray-address", "auto"], "needs --executor ray"),
     (["--gpus-per-step", "0.5"], "--gpus-per-step needs --executor ray"),
     pytest.param(["--executor", "ray", "--gpus-per-step", "1"], "this machine has no CUDA GPU",

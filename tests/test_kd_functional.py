@@ -108,10 +108,35 @@ def test_tiny_study_end_to_end_through_the_cli(tmp_path, capsys):
     out = next((tmp_path / "runs" / "studies").iterdir())
     page = (out / "report.html").read_text()
     assert "<svg" in page and "data:image/png" not in page and "Verdicts" in page
-    # a re-run reuses every step
+    # CKA and adversarial transfer are steps: one attack crafted on the teacher, one similarity step per model
+    dirs = results["steps"]["dirs"]
+    assert dirs["adversarial"].startswith("adversarial-")
+    assert {k.removeprefix("similarity:") for k in dirs if k.startswith("similarity:")} == set(names[1:])
+    # ... whose numbers are those of the one-process measurement: cka_between and transfer_rate over all models
+    from compresslab.measure.adversarial import transfer_rate
+    from compresslab.measure.cka import cka_between
+    from compresslab.steps import data_of
+    from compresslab.steps.common import load_model
+
+    entries = expand_kd(parse_spec(TINY))
+    x, y = data_of(entries[0].step.spec).split("test")
+    teacher = load_model(runs / dirs["teacher"])
+    picked = {n: load_model(runs / dirs[n]) for n in ("teacher-s1", "untrained-s2")}
+    rates = transfer_rate(teacher, picked, x, y, attack="pgd", eps=0.3, steps=3, seed=0)
+    for n, model in picked.items():
+        row = next(m for m in students if m["name"] == n)
+        assert row["adversarial_transfer"] == rates[n]["transfer_rate"]
+        assert row["adversarial"]["n_eligible"] == rates[n]["n_eligible"]
+        direct = cka_between(teacher, model, x)
+        assert {k: v["unbiased"] for k, v in row["cka_points"].items()} == \
+            pytest.approx({k: v["unbiased"] for k, v in direct.items()}, abs=1e-6)
+    # a re-run reuses every step, and the collector only reads their outputs: no model is loaded again
+    for weights in runs.glob("*/model.safetensors"):
+        weights.unlink()
     assert main(["study", str(path), "--runs", str(runs), "--quiet", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert not again["steps"]["ran"] and again["summaries"] == results["summaries"]
+    assert again["models"] == results["models"]
 
 
 def test_cli_rejects_a_bad_kd_spec(tmp_path, capsys):
@@ -121,3 +146,20 @@ def test_cli_rejects_a_bad_kd_spec(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_measurement_steps_check_their_settings_and_parents():
+    from compresslab.runs.store import Step
+    from compresslab.steps import check_step
+    from compresslab.steps.specs import adversarial_spec, data_spec, similarity_spec
+
+    data = data_spec("mnist1d")
+    with pytest.raises(UserError, match="unknown attack 'cw'; use one of fgsm, pgd"):
+        check_step(Step("adversarial", adversarial_spec(data, "test", attack="cw", eps=0.1, steps=1, seed=0)), {})
+    with pytest.raises(UserError, match="eps must be > 0"):
+        check_step(Step("adversarial", adversarial_spec(data, "test", attack="fgsm", eps=0.0, steps=1, seed=0)), {})
+    with pytest.raises(UserError, match=r"needs the parents \['model'\]"):
+        check_step(Step("similarity", similarity_spec(data, "test")), {"reference": None})
+    # the measurement settings name the step: other CKA points, another step
+    assert Step("similarity", similarity_spec(data, "test")).hash != \
+        Step("similarity", similarity_spec(data, "test", cka_points=["hidden"])).hash

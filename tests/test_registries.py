@@ -96,8 +96,8 @@ def test_a_step_check_rejects_before_anything_is_written(tmp_path, capsys):
 def test_unknown_kinds_name_the_known_ones():
     with pytest.raises(UserError, match=r"spec: unknown study kind 'nope'; known kinds: .*kd-functional.*moonshine"):
         parse_spec({"kind": "nope"})
-    with pytest.raises(UserError, match=r"no step kind .nope. registered; known step kinds: blockswap, .*distill, .*embed-qat, .*"
-                       r"prune, .*train"):
+    with pytest.raises(UserError, match=r"no step kind .nope. registered; known step kinds: adversarial, blockswap, "
+                       r".*distill, .*embed-qat, .*prune, .*train"):
         get_step("nope")
     with pytest.raises(UserError, match="kind must be a string"):
         parse_spec({"kind": ["toy"]})

@@ -120,3 +120,14 @@ def test_nan_step_fails_alone_and_the_study_reports_it_incomplete(capsys, tmp_pa
     assert record["label"] == "pruned" and "loss became" in record["reason"]
     report = next((runs / "studies").iterdir()) / "report.html"
     assert "Incomplete: 1 step(s) failed" in report.read_text()
+
+
+def test_deterministic_results_drop_what_measures_the_run_at_any_depth():
+    from compresslab.study.kinds import deterministic
+
+    results = {"seconds": 3.2, "store": "/x", "execution": {"workers": 2},
+               "rows": [{"accuracy": 0.9, "distill_seconds": 1.9, "cost": {"latency_ms": {"batch1": 0.3}, "params": 10}},
+                        {"search_ms_per_query": 0.1, "ms_per_batch": 2.0, "params_after": 5}],
+               "steps": {"ran": ["a"], "reused": ["b"], "dirs": {"a": "train-1", "b": "train-2"}}}
+    assert deterministic(results) == {"rows": [{"accuracy": 0.9, "cost": {"params": 10}}, {"params_after": 5}],
+                                      "steps": {"a": "train-1", "b": "train-2"}}

@@ -27,7 +27,7 @@ def study(
         sorted(p.stem for p in PRESETS.glob("*.yaml"))) + "."),
     runs: str = typer.Option("runs", "--runs", help=RUNS_HELP + " A directory, or an fsspec URL (s3://bucket/prefix) shared by every worker."),
     executor: str = typer.Option("local", "--executor", help="local (this process, or --workers processes) or ray (one Ray task per step)."),
-    workers: int = typer.Option(1, "--workers", help="local: steps run in this many worker processes, each as soon as its parents are done."),
+    workers: str = typer.Option("auto", "--workers", help="local: steps run in this many worker processes, each as soon as its parents are done. auto (default): processes and torch threads per step from the cores and the size of the steps; 1: this process."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: auto or HOST:PORT of an existing cluster (default: start a local one)."),
     cpus_per_step: int = typer.Option(1, "--cpus-per-step", help="ray: CPUs each step asks for (also its torch threads)."),
     gpus_per_step: float = typer.Option(0.0, "--gpus-per-step", help="ray: GPUs each step asks for; a fraction (0.25) packs several steps on one GPU."),
@@ -48,6 +48,9 @@ def study(
     dataset-distillation, data-pruning and distilled-pruning.
     Before anything is written the
     dataset loads, every model builds and every step passes its checks.
+
+    Steps run in worker processes or in this process as `--workers auto` judges best
+    (results.json's `execution` says what it chose and why); `--workers N` fixes it.
 
     Re-running resumes: every finished step is reused from the run store. A step that
     fails (e.g. its loss goes NaN) is recorded with its reason; independent steps still
@@ -70,12 +73,12 @@ def study(
     from compresslab.api import run_study
     from compresslab.progress import RichProgress
     from compresslab.runs.track import track_study
-    from compresslab.steps.executor import Execution
+    from compresslab.steps.executor import Execution, parse_workers
     from compresslab.study import study_kind
 
     target = tracker(track)
 
-    execution = Execution(executor, workers, ray_address, cpus_per_step, gpus_per_step)
+    execution = Execution(executor, parse_workers(workers), ray_address, cpus_per_step, gpus_per_step)
     with RichProgress(quiet=quiet) as progress:
         results, out = run_study(spec, preset=preset, runs=runs, progress=progress, execution=execution,
                                  device=device, deterministic=deterministic, data=data, epochs=epochs,

@@ -101,6 +101,42 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
                           for i in range(0, x.shape[0], batch_size)])
 
 
+def craft(reference: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "fgsm", eps: float,
+          steps: int = 10, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """Adversarial versions of ``x`` crafted on ``reference`` with ``attack`` (fgsm, or pgd
+    from a random start drawn with ``seed``): the examples :func:`transfer_rate` uses."""
+    if attack not in ATTACKS:
+        raise UserError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
+    _check(eps, steps)
+    if attack == "fgsm":
+        return fgsm(reference, x, y.long(), eps, batch_size=batch_size)
+    return pgd(reference, x, y.long(), eps, steps=steps, generator=torch.Generator().manual_seed(seed),
+               batch_size=batch_size)
+
+
+def transfer(reference: nn.Module, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, *,
+             batch_size: int = 500) -> dict:
+    """How often the adversarial examples ``x_adv`` crafted on ``reference`` (:func:`craft`)
+    fool ``model``: one model's entry of :func:`transfer_rate`."""
+    y = y.long()
+    ref_clean = _predict(reference, x, batch_size) == y
+    ref_adv_pred = _predict(reference, x_adv, batch_size)
+    ref_fooled = ref_clean & (ref_adv_pred != y)
+    n_ref = int(ref_clean.sum())
+    clean_ok = _predict(model, x, batch_size) == y
+    adv_pred = _predict(model, x_adv, batch_size)
+    eligible = ref_fooled & clean_ok
+    n = int(eligible.sum())
+    return {
+        "transfer_rate": float((adv_pred[eligible] != y[eligible]).double().mean()) if n else None,
+        "n_eligible": n,
+        "clean_accuracy": float(clean_ok.double().mean()),
+        "adv_accuracy": float((adv_pred == y).double().mean()),
+        "reference_fooled": float(ref_fooled.sum()) / n_ref if n_ref else None,
+        "agreement_on_adversarial": float((adv_pred == ref_adv_pred).double().mean()),
+    }
+
+
 def transfer_rate(reference: nn.Module, others: dict[str, nn.Module] | nn.Module, x: torch.Tensor,
                   y: torch.Tensor, *, attack: str = "fgsm", eps: float, steps: int = 10, seed: int = 0,
                   batch_size: int = 500) -> dict:
@@ -119,34 +155,7 @@ def transfer_rate(reference: nn.Module, others: dict[str, nn.Module] | nn.Module
     models predict the same class. A single module for ``others`` returns its dict
     directly instead of ``{name: dict}``.
     """
-    if attack not in ATTACKS:
-        raise UserError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
-    _check(eps, steps)
-    y = y.long()
-    if attack == "fgsm":
-        x_adv = fgsm(reference, x, y, eps, batch_size=batch_size)
-    else:
-        x_adv = pgd(reference, x, y, eps, steps=steps, generator=torch.Generator().manual_seed(seed),
-                    batch_size=batch_size)
-    ref_clean = _predict(reference, x, batch_size) == y
-    ref_adv_pred = _predict(reference, x_adv, batch_size)
-    ref_fooled = ref_clean & (ref_adv_pred != y)
-    n_ref = int(ref_clean.sum())
-
-    def measure(model: nn.Module) -> dict:
-        clean_ok = _predict(model, x, batch_size) == y
-        adv_pred = _predict(model, x_adv, batch_size)
-        eligible = ref_fooled & clean_ok
-        n = int(eligible.sum())
-        return {
-            "transfer_rate": float((adv_pred[eligible] != y[eligible]).double().mean()) if n else None,
-            "n_eligible": n,
-            "clean_accuracy": float(clean_ok.double().mean()),
-            "adv_accuracy": float((adv_pred == y).double().mean()),
-            "reference_fooled": float(ref_fooled.sum()) / n_ref if n_ref else None,
-            "agreement_on_adversarial": float((adv_pred == ref_adv_pred).double().mean()),
-        }
-
+    x_adv = craft(reference, x, y, attack=attack, eps=eps, steps=steps, seed=seed, batch_size=batch_size)
     if isinstance(others, nn.Module):
-        return measure(others)
-    return {name: measure(model) for name, model in others.items()}
+        return transfer(reference, others, x, x_adv, y, batch_size=batch_size)
+    return {name: transfer(reference, model, x, x_adv, y, batch_size=batch_size) for name, model in others.items()}

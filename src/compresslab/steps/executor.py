@@ -3,7 +3,9 @@
 Executors:
 
 * ``local`` (default): in this process, or in ``workers`` worker processes (spawned),
-  each step starting as soon as its parents are done;
+  each step starting as soon as its parents are done; ``workers="auto"`` (the default)
+  picks the number of processes and each step's torch threads from the cores and the
+  size of the steps (:mod:`compresslab.steps.plan`);
 * ``ray``: each step is a Ray task with ``cpus_per_step`` CPUs (and ``gpus_per_step``
   GPUs, fractions such as 0.25 packing several steps on one GPU); the DAG becomes task
   dependencies (a task receives its parents' results), so Ray
@@ -13,8 +15,10 @@ Executors:
 Every step runs through :meth:`RunStore.run` (a lock per step, atomic publication), so
 executors can share a store and be interrupted at any point. A step that raises a
 :class:`UserError` (e.g. a NaN loss) is recorded as failed; the steps that depend on it
-are skipped and every independent step still runs. Each step sets torch's thread count
-to its share of CPUs: the same settings give bit-identical results under every executor.
+are skipped and every independent step still runs. Each local step sets torch's thread
+count from its own size (:mod:`compresslab.steps.plan`; at most its worker's share of the
+CPUs), a Ray step to ``cpus_per_step``: the same thread count gives bit-identical results
+under every executor.
 Every step runs under the caller's :class:`compresslab.device.Runtime` (its device and
 determinism), in worker processes and Ray tasks too; ``--workers N`` on one GPU runs N
 steps on it at once.
@@ -64,10 +68,22 @@ def ray_max_retries() -> int:
     return int(text)
 
 
+AUTO = "auto"
+
+
+def parse_workers(text: str) -> int | str:
+    """``--workers``: ``auto`` or an integer >= 1."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UserError(f"--workers {text!r}: use auto or an integer >= 1")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Execution:
     executor: str = "local"
-    workers: int = 1
+    workers: int | str = AUTO
     ray_address: str | None = None
     cpus_per_step: int = 1
     gpus_per_step: float = 0.0
@@ -75,8 +91,10 @@ class Execution:
     def __post_init__(self):
         if self.executor not in EXECUTORS:
             raise UserError(f"--executor {self.executor!r}: use {' or '.join(EXECUTORS)}")
-        if self.workers < 1 or self.cpus_per_step < 1:
-            raise UserError("--workers and --cpus-per-step must be >= 1")
+        if self.workers != AUTO and (not isinstance(self.workers, int) or self.workers < 1):
+            raise UserError(f"--workers {self.workers!r}: use auto or an integer >= 1")
+        if self.cpus_per_step < 1:
+            raise UserError("--cpus-per-step must be >= 1")
         if self.executor == "local" and self.ray_address:
             raise UserError("--ray-address needs --executor ray")
         if self.executor == "local" and self.gpus_per_step:
@@ -127,35 +145,63 @@ def _run_step(step, store, threads: int | None, runtime: devices.Runtime, *paren
     return ("ran" if ran else "reused"), step.dirname
 
 
-def execute(entries: list, store, progress=None, execution: Execution | None = None) -> tuple[dict, dict]:
+def execute(entries: list, store, progress=None, execution: Execution | None = None,
+            plan_out: dict | None = None) -> tuple[dict, dict]:
     """Run every entry's step; returns ``({name: ran}, {name: failure reason})``.
-    An entry is anything with a ``name`` and a ``step``, listed parents first."""
+    An entry is anything with a ``name`` and a ``step``, listed parents first. ``plan_out``
+    (a dict) receives how the steps were run: executor, workers, threads per step, why."""
     ex = execution or current()
     runtime = devices.current()
     order: dict[str, object] = {}  # step hash -> step, in dependency order (entries come parents first)
     for e in entries:
         order.setdefault(e.step.hash, e.step)
-    if ex.executor == "local" and ex.workers == 1:
-        results = _sequential(entries, store, progress, runtime)
-    else:  # finished steps are never handed to a worker or a Ray task; nothing left, nothing started
-        results = {h: ("reused", step.dirname) for h, step in order.items() if store.is_done(step)}
-        todo = {h: step for h, step in order.items() if h not in results}
-        if todo:
-            results.update((_ray if ex.executor == "ray" else _pool)(todo, store, ex, progress, runtime))
+    how = {"executor": ex.executor, "workers": ex.workers}
+    # finished steps are never handed to a worker or a Ray task; nothing left, nothing started
+    results = {h: ("reused", step.dirname) for h, step in order.items() if store.is_done(step)}
+    todo = {h: step for h, step in order.items() if h not in results}
+    if not todo:
+        how.update(workers=0, reason="every step was already done")
+    elif ex.executor == "ray":
+        results.update(_ray(todo, store, ex, progress, runtime))
+    else:  # local: each step's threads by its size (steps.plan); the processes as asked, or as planned
+        from compresslab.steps.plan import plan
+
+        p = plan(todo, runtime.torch_device.type, None if ex.workers == AUTO else ex.workers)
+        how.update(p.describe(), workers=p.workers)
+        if p.workers == 1:
+            results.update(_sequential(todo, store, progress, runtime, p.threads, _labels(entries)))
+        else:
+            results.update(_pool(todo, store, p.workers, p.threads, progress, runtime))
+    if plan_out is not None:
+        plan_out.update(how)
     ran = {e.name: results[e.step.hash][0] == "ran" for e in entries if results[e.step.hash][0] != "failed"}
     failed = {e.name: results[e.step.hash][1] for e in entries if results[e.step.hash][0] == "failed"}
     return ran, failed
 
 
-def _sequential(entries, store, progress, runtime) -> dict:
-    results: dict[str, tuple] = {}
+def _labels(entries) -> dict:
+    """A progress label per step hash: the first entry's name and the step's kind."""
+    out = {}
     for e in entries:
-        if e.step.hash in results:
-            continue
-        parent_results = [results[p.hash] for p in e.step.parents.values() if p.hash in results]
-        task = progress.task(f"{e.name} ({e.step.kind})") if progress else contextlib.nullcontext(None)
-        with task as callback:
-            results[e.step.hash] = _run_step(e.step, store, None, runtime, *parent_results, callback=callback)
+        out.setdefault(e.step.hash, f"{e.name} ({e.step.kind})")
+    return out
+
+
+def _sequential(order: dict, store, progress, runtime, threads: dict, labels: dict) -> dict:
+    """Every step of ``order`` in this process, with ``threads[hash]`` torch threads where
+    given (else the current count), restored afterwards."""
+    import torch
+
+    results: dict[str, tuple] = {}
+    before = torch.get_num_threads()
+    try:
+        for h, step in order.items():
+            parent_results = [results[p.hash] for p in step.parents.values() if p.hash in results]
+            task = progress.task(labels[h]) if progress else contextlib.nullcontext(None)
+            with task as callback:
+                results[h] = _run_step(step, store, threads.get(h), runtime, *parent_results, callback=callback)
+    finally:
+        torch.set_num_threads(before)
     return results
 
 
@@ -182,22 +228,23 @@ class _Ticker:
         return self.cm.__exit__(*exc)
 
 
-def _pool(order: dict, store, ex: Execution, progress, runtime) -> dict:
+def _pool(order: dict, store, workers: int, threads: dict, progress, runtime) -> dict:
+    """Every step of ``order`` in ``workers`` spawned processes, ``threads[hash]`` threads each
+    (else :func:`_run_step`'s default)."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = max(1, (os.cpu_count() or 1) // ex.workers)
     results: dict[str, tuple] = {}
     pending = dict(order)
     running = {}
-    with ProcessPoolExecutor(ex.workers, mp_context=mp.get_context("spawn")) as pool, \
-            _Ticker(progress, f"steps ({ex.workers} workers)", len(order)) as ticker:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool, \
+            _Ticker(progress, f"steps ({workers} workers)", len(order)) as ticker:
         while pending or running:
             for h, step in list(pending.items()):
                 deps = [p.hash for p in step.parents.values() if p.hash in order]
                 if all(d in results for d in deps):
                     del pending[h]
-                    running[pool.submit(_run_step, step, store, threads, runtime, *(results[d] for d in deps))] = h
+                    running[pool.submit(_run_step, step, store, threads.get(h), runtime, *(results[d] for d in deps))] = h
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 results[running.pop(fut)] = fut.result()

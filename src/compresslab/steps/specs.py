@@ -260,3 +260,20 @@ def lottery_spec(data: dict, model: dict, recipe: Recipe | dict, seed: int, *, r
         if landscape_dims == 2:
             spec["landscape_dims"] = 2
     return spec
+
+
+def adversarial_spec(data: dict, split: str, *, attack: str, eps: float, steps: int, seed: int) -> dict:
+    """Adversarial examples of ``split`` crafted on the ``reference`` parent
+    (:mod:`compresslab.steps.similarity`); ``steps`` and ``seed`` matter for pgd only, and
+    are kept for fgsm too so that one setting names one step."""
+    return {"data": data, "split": split, "attack": attack, "eps": eps, "steps": steps, "seed": seed}
+
+
+def similarity_spec(data: dict, split: str, *, cka_points: list[str] | None = None) -> dict:
+    """One ``model`` parent against the ``reference`` parent on ``split``: CKA at
+    ``cka_points`` (default: the points both share) and, with an ``adversarial`` parent,
+    adversarial transfer (:mod:`compresslab.steps.similarity`)."""
+    spec: dict = {"data": data, "split": split}
+    if cka_points is not None:
+        spec["cka_points"] = list(cka_points)
+    return spec

@@ -33,7 +33,8 @@ noise teachers help too. This study tests that on the user's models and data:
 
 * every student is compared with the *reference* teacher on the ``split``: output
   metrics (one pairwise-matrix pass over all models), linear CKA at the shared feature
-  points, and the transfer rate of adversarial examples crafted on the teacher;
+  points, and the transfer rate of adversarial examples crafted on the teacher (these two
+  as run-store steps: one ``adversarial`` step, one ``similarity`` step per model);
 * per condition and metric: mean, std and a 95% bootstrap CI over seeds; the
   ``teacher`` condition is tested against every other condition on every metric
   (one-sided Welch + exact permutation, Cohen's d, Holm across the whole family),
@@ -53,7 +54,6 @@ Outputs: ``runs/studies/<name>-<hash12>/results.json`` and ``report.html``.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -63,17 +63,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from compresslab.console import console, echo, table
 from compresslab.errors import UserError
 from compresslab.measure import stats
-from compresslab.measure.adversarial import transfer_rate
-from compresslab.measure.cka import cache_features, cka_against_cached
 from compresslab.measure.inheritance import asymmetry_family, split_by_correctness
 from compresslab.measure.pairwise import pairwise_metrics
-from compresslab.models import feature_points
 from compresslab.report.kd import write_kd_report
 from compresslab.runs.store import RunStore, Step, read_json
-from compresslab.scratch import Scratch
 from compresslab.steps import data_of
-from compresslab.steps.common import load_model
-from compresslab.steps.specs import data_spec, distill_spec, train_spec
+from compresslab.steps.specs import adversarial_spec, data_spec, distill_spec, similarity_spec, train_spec
 from compresslab.study.kinds import Entry, register_study_kind
 from compresslab.study.spec import ModelSpec, RunOptions
 from compresslab.train.losses import list_terms
@@ -276,9 +271,9 @@ def expand_kd(spec: KDFunctionalSpec) -> list[Entry]:
     """The reference teacher, the other teachers some conditions need (the retrained
     teachers of ``teacher-other-seed``, the ``self`` teacher), the teacher's SIDDO/DISDO
     retrains, one student per condition × seed (``info``: condition, seed), then the
-    students of the sweep's axes (``info`` adds ``sweep``: axis and value). Step specs come
-    from the shared builders, so models shared with other studies hash to the same
-    directories."""
+    students of the sweep's axes (``info`` adds ``sweep``: axis and value), and last the
+    measurement steps (:func:`measurements`). Step specs come from the shared builders, so
+    models shared with other studies hash to the same directories."""
     data = data_spec(spec.data, spec.val_fraction, spec.seed)
     recipe = spec.recipe.model_dump()
     s_recipe = (spec.student_recipe or spec.recipe).model_dump()
@@ -351,7 +346,28 @@ def expand_kd(spec: KDFunctionalSpec) -> list[Entry]:
             step = student_step(cond, seed, label, **variant)
             students.append(Entry(label, "control", step.kind, step,
                                   {"condition": cond, "seed": seed, "sweep": {"axis": axis, "value": value}}))
-    return entries + students
+    return measurements(spec, data, entries + students)
+
+
+def measurements(spec: KDFunctionalSpec, data: dict, models: list[Entry]) -> list[Entry]:
+    """``models`` followed by the measurement steps (role ``measure``): the adversarial
+    examples crafted once on the reference teacher, and per other model one ``similarity``
+    step (CKA, adversarial transfer) against it, so that each runs as soon as its model is
+    trained (:mod:`compresslab.steps.similarity`)."""
+    reference = models[0].step
+    out, parents = [], {"reference": reference}
+    if spec.adversarial is not None:
+        a = spec.adversarial
+        attack = Step("adversarial", adversarial_spec(data, spec.split, attack=a.attack, eps=a.eps, steps=a.steps,
+                                                      seed=spec.seed), parents={"reference": reference},
+                      label="adversarial")
+        out.append(Entry("adversarial", "measure", "adversarial", attack))
+        parents["adversarial"] = attack
+    sim = similarity_spec(data, spec.split, cka_points=spec.cka_points)
+    for e in models[1:]:
+        step = Step("similarity", sim, parents={**parents, "model": e.step}, label=f"similarity-{e.name}")
+        out.append(Entry(f"similarity:{e.name}", "measure", "similarity", step, {"of": e.name}))
+    return models + out
 
 
 def axis_label(axis: str, value) -> str:
@@ -385,20 +401,21 @@ def sweep_points(spec: KDFunctionalSpec) -> list[tuple[str, object, str, dict]]:
 # -- measurement ------------------------------------------------------------------------------
 
 
-def measure_students(spec: KDFunctionalSpec, store: RunStore, entries: list[Entry],
-                     progress=None) -> tuple[dict, list[dict], dict]:
+def measure_students(spec: KDFunctionalSpec, store: RunStore, entries: list[Entry]) -> tuple[dict, list[dict], dict]:
     """The teacher's row, per-model rows (accuracy + every similarity to the reference
     teacher) and the pairwise output-metric matrices over [teacher, other teachers, students].
 
-    The teacher's activations for CKA are computed once, kept as memory-mapped arrays in a
-    RAM-backed :class:`Scratch` until the measurement ends, and compared with every model's."""
+    Output metrics come from the cached logits, in one pairwise pass; CKA and adversarial
+    transfer from each model's ``similarity`` step (:func:`measurements`)."""
     reference = entries[0].step
     data = data_of(reference.spec)
-    x, y = data.split(spec.split)
+    y = data.split(spec.split)[1]
     if len(y) < 4:
         raise UserError(f"the {spec.split} split has {len(y)} examples; CKA and the statistics need more "
                         "(use split: test or a larger val_fraction)")
-    teacher = load_model(store.path(reference))
+    similarity = {e.info["of"]: read_json(store.path(e.step) / "similarity.json")
+                  for e in entries if e.method == "similarity"}
+    entries = [e for e in entries if e.role != "measure"]
 
     def role(i: int, e: Entry) -> str:
         """The reference teacher; a student (of a condition other than the teacher's own
@@ -414,39 +431,27 @@ def measure_students(spec: KDFunctionalSpec, store: RunStore, entries: list[Entr
     matrices = pairwise_metrics(logits)
     labels = y.cpu().numpy()
     rows = []
-    loaded = {}
-    with progress.task("measure: CKA and adversarial transfer") if progress else nullcontext(), Scratch() as scratch:
-        teacher_features = cache_features(teacher, x, spec.cka_points, scratch) \
-            if spec.cka_points is not None or feature_points(teacher) else None  # None: no CKA
-        for i, m in enumerate(models):
-            if i == 0:
-                continue
-            d = store.path(m["step"])
-            metrics = read_json(d / "metrics.json")
-            row = {"name": m["name"], "role": m["role"], "condition": m.get("condition"),
-                   "seed": m["step"].spec["seed"], "data_seed": m["step"].spec.get("data_seed", m["step"].spec["seed"]),
-                   "step": d.name, "accuracy": metrics["accuracy"][spec.split],
-                   "train_seconds": metrics.get("train_seconds"), "params": metrics["cost"]["params"],
-                   **{k: float(matrices[k][0, i]) for k in OUTPUT_METRICS},
-                   "by_correctness": split_by_correctness(logits[0], logits[i], labels)}
-            if m["sweep"]:
-                row["sweep"] = m["sweep"]
-            model = load_model(d)
-            cka = {} if teacher_features is None else cka_against_cached(teacher_features, model, x, spec.cka_points)
-            row["cka_points"] = {k: {"unbiased": v["unbiased"], "biased": v["biased"]} for k, v in cka.items()}
-            unb = [v["unbiased"] for v in cka.values() if v["unbiased"] is not None]
-            bia = [v["biased"] for v in cka.values() if v["biased"] is not None]
-            row["cka"] = float(np.mean(unb)) if unb else None
-            row["cka_biased"] = float(np.mean(bia)) if bia else None
-            loaded[m["name"]] = model
-            rows.append(row)
-        if spec.adversarial is not None:
-            a = spec.adversarial
-            rates = transfer_rate(teacher, loaded, x, y, attack=a.attack, eps=a.eps, steps=a.steps, seed=spec.seed)
-            for row in rows:
-                r = rates[row["name"]]
-                row["adversarial_transfer"] = r["transfer_rate"]
-                row["adversarial"] = {k: v for k, v in r.items() if k != "transfer_rate"}
+    for i, m in enumerate(models[1:], start=1):
+        d = store.path(m["step"])
+        metrics = read_json(d / "metrics.json")
+        row = {"name": m["name"], "role": m["role"], "condition": m.get("condition"),
+               "seed": m["step"].spec["seed"], "data_seed": m["step"].spec.get("data_seed", m["step"].spec["seed"]),
+               "step": d.name, "accuracy": metrics["accuracy"][spec.split],
+               "train_seconds": metrics.get("train_seconds"), "params": metrics["cost"]["params"],
+               **{k: float(matrices[k][0, i]) for k in OUTPUT_METRICS},
+               "by_correctness": split_by_correctness(logits[0], logits[i], labels)}
+        if m["sweep"]:
+            row["sweep"] = m["sweep"]
+        sim = similarity[m["name"]]
+        row["cka_points"] = sim["cka_points"]
+        unb = [v["unbiased"] for v in sim["cka_points"].values() if v["unbiased"] is not None]
+        bia = [v["biased"] for v in sim["cka_points"].values() if v["biased"] is not None]
+        row["cka"] = float(np.mean(unb)) if unb else None
+        row["cka_biased"] = float(np.mean(bia)) if bia else None
+        if sim["adversarial"] is not None:
+            row["adversarial_transfer"] = sim["adversarial"]["transfer_rate"]
+            row["adversarial"] = {k: v for k, v in sim["adversarial"].items() if k != "transfer_rate"}
+        rows.append(row)
     t_dir = store.path(reference)
     t_metrics = read_json(t_dir / "metrics.json")
     teacher_row = {"name": "teacher", "accuracy": t_metrics["accuracy"][spec.split], "step": t_dir.name,
@@ -650,7 +655,7 @@ def headline(tests: list[dict], alpha: float) -> list[str]:
 
 
 def collect(spec: KDFunctionalSpec, entries: list[Entry], store: RunStore, progress=None) -> dict:
-    teacher_row, rows, pairwise = measure_students(spec, store, entries, progress)
+    teacher_row, rows, pairwise = measure_students(spec, store, entries)
     return {"split": spec.split, "teacher": teacher_row, "models": rows, "pairwise": pairwise,
             **analyse(spec, rows, pairwise, teacher_row)}
 

@@ -87,6 +87,29 @@ def study_kind(name: str) -> StudyKind:
         raise UserError(f"unknown study kind {name!r}; known kinds: {', '.join(list_study_kinds())}") from None
 
 
+def run_key(key: str) -> bool:
+    """Whether a ``results.json`` key measures the run rather than the study: a wall time (a
+    key naming ``seconds``), a latency (``*_ms``, ``ms_per_*``, ``*_ms_per_*``; they vary from run to run),
+    where the store is (``store``) or how the steps were executed (``execution``)."""
+    return "seconds" in key or key.endswith("_ms") or key.startswith("ms_per_") or "_ms_per_" in key \
+        or key in ("store", "execution")
+
+
+def deterministic(results: dict) -> dict:
+    """A study's results without the keys that measure the run (:func:`run_key`, at any depth)
+    and with ``steps`` as the step directory of each entry (not which ran or were reused):
+    what two runs of one spec must share exactly."""
+    def strip(o):
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if not run_key(k)}
+        return [strip(v) for v in o] if isinstance(o, list) else o
+
+    out = strip(results)
+    if isinstance(out.get("steps"), dict):
+        out["steps"] = out["steps"].get("dirs")
+    return out
+
+
 def data_block(data) -> dict:
     return {"name": data.name, "sizes": data.sizes(), "num_classes": data.num_classes,
             "input_shape": list(data.input_shape), "notes": data.notes}
@@ -180,7 +203,8 @@ def run_kind(spec: BaseModel, runs: str | Path = "runs", *, progress=None, devic
         entries = kind.expand(spec)
         preflight(spec, entries)
         store = RunStore(runs)
-        ran, failed = execute(entries, store, progress)
+        how: dict = {}
+        ran, failed = execute(entries, store, progress, plan_out=how)
         if failed and (not kind.partial or entries[0].name in failed):
             raise StudyIncomplete(failed)
         done = [e for e in entries if e.name not in failed]
@@ -188,10 +212,10 @@ def run_kind(spec: BaseModel, runs: str | Path = "runs", *, progress=None, devic
         results = {"study": spec.name, "kind": kind.name, "data": data and data_block(data),
                    "num_threads": torch.get_num_threads(),
                    "runtime": devices.describe(runtime.torch_device, deterministic=runtime.deterministic),
-                   **kind.collect(spec, done, store, progress), "failed": failed}
+                   **kind.collect(spec, done, store, progress), "failed": failed, "execution": how}
     dirs = {e.name: e.step.dirname for e in entries}
     return results, publish(spec, store, results, ran, kind.report, t0, dirs)
 
 
-__all__ = ["Entry", "StudyKind", "data_block", "list_study_kinds", "preflight", "publish",
-           "register_study_kind", "run_kind", "study_dir", "study_kind"]
+__all__ = ["Entry", "StudyKind", "data_block", "deterministic", "list_study_kinds", "preflight", "publish",
+           "register_study_kind", "run_key", "run_kind", "study_dir", "study_kind"]
